@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tic_tf",
+    version="0.1.0",
+    description="Spiking neural networks in Keras 3 / TensorFlow and their temporal "
+                "information dynamics (Fisher information over timesteps).",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tic_tf", "tic_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.5",
+        "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",
+        "absl-py>=1.4",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # Pick one TensorFlow build: tensorflow-cpu is smaller and has no CUDA libraries.
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tic-train=tic_tf.train:run",
+            "tic-export=tic_tf.export:run",
+        ],
+    },
+)

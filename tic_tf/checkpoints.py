@@ -1,0 +1,109 @@
+"""Per-epoch checkpoints that describe themselves, written atomically.
+
+A checkpoint is a directory `epoch-NNNN/` holding the TensorFlow checkpoint of the model (and
+optimizer, for resuming) and `model.json`, the arguments of `build_model`. It is written under
+a temporary name and renamed into place, so a killed run never leaves a partial checkpoint
+under a real name.
+"""
+import json
+import os
+import re
+import shutil
+
+import tensorflow as tf
+
+from tic_tf.atomic import partial_path, publish_dir, remove_partials, write_json
+from tic_tf.errors import UserError
+from tic_tf.models import build_model
+
+_NAME = re.compile(r"^epoch-(\d{4,})$")
+MODEL_JSON = "model.json"
+STATE = "state"
+
+
+def save(directory, epoch, model, model_config, optimizer=None):
+    """Write checkpoint `directory/epoch-NNNN` atomically and return its path."""
+    final = os.path.join(directory, f"epoch-{epoch:04d}")
+    partial = partial_path(final)
+    shutil.rmtree(partial, ignore_errors=True)
+    objects = {"model": model} if optimizer is None else {"model": model, "optimizer": optimizer}
+    tf.train.Checkpoint(**objects).write(os.path.join(partial, STATE))
+    write_json(os.path.join(partial, MODEL_JSON), model_config)
+    publish_dir(partial, final)
+    return final
+
+
+def list_epochs(directory):
+    """Complete checkpoints in `directory` as a sorted list of (epoch, path)."""
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), os.path.join(directory, name))
+             for name in os.listdir(directory) if (m := _NAME.match(name))]
+    return sorted(found)
+
+
+def remove_stale(directory, keep_epochs, keep_last=2):
+    """Delete checkpoints that are neither among the last `keep_last` nor in `keep_epochs`."""
+    found = list_epochs(directory)
+    recent = {epoch for epoch, _ in found[-keep_last:]}
+    for epoch, path in found:
+        if epoch not in recent and epoch not in keep_epochs:
+            shutil.rmtree(path)
+    remove_partials(directory)
+
+
+def read_model_config(path):
+    config_path = os.path.join(path, MODEL_JSON)
+    if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(path, STATE + ".index")):
+        raise UserError(f"{path} is not a tic_tf checkpoint (it needs {MODEL_JSON} and "
+                        f"{STATE}.index); pass a checkpoint directory epoch-NNNN or a run "
+                        "directory holding checkpoints/.")
+    try:
+        with open(config_path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise UserError(f"Cannot read {config_path} ({error}).") from error
+
+
+def resolve(path):
+    """A checkpoint directory: `path` itself, or the newest one in a run directory."""
+    if not os.path.exists(path):
+        raise UserError(f"Checkpoint {path} does not exist.")
+    if os.path.isfile(os.path.join(path, MODEL_JSON)):
+        return path
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        found = list_epochs(candidate)
+        if found:
+            return found[-1][1]
+    raise UserError(f"No checkpoint found in {path}; pass a directory epoch-NNNN or a run "
+                    "directory whose checkpoints/ holds one.")
+
+
+def restore(path, model, optimizer=None):
+    """Load weights (and optimizer state) from checkpoint `path` into existing objects."""
+    objects = {"model": model} if optimizer is None else {"model": model, "optimizer": optimizer}
+    if optimizer is not None:
+        optimizer.build(model.trainable_variables)  # create slots so they restore at once
+    try:
+        status = tf.train.Checkpoint(**objects).read(os.path.join(path, STATE))
+        status.assert_existing_objects_matched()
+        if optimizer is None:
+            status.expect_partial()
+    except (ValueError, AssertionError, tf.errors.OpError) as error:
+        raise UserError(f"Cannot restore checkpoint {path} into this model: "
+                        f"{str(error).splitlines()[0]}") from error
+
+
+def load_model(path, timesteps=None):
+    """Rebuild the model a checkpoint describes (optionally at another T) with its weights."""
+    path = resolve(path)
+    config = read_model_config(path)
+    if timesteps is not None:
+        config = {**config, "timesteps": int(timesteps)}
+    try:
+        model = build_model(**config)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path}/{MODEL_JSON} does not describe a model: {error}") from error
+    restore(path, model)
+    return model, config
+

@@ -1,0 +1,190 @@
+"""Datasets (TFDS or a local .npz), per-dataset statistics, augmentation and tf.data pipelines.
+
+All sources are loaded once into memory as uint8 arrays `[N, H, W, C]` with integer labels;
+the pipelines turn them into float images in [0, 1]. Models normalise internally.
+"""
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tic_tf.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    tfds_name: str
+    num_classes: int
+    image_shape: tuple
+    mean: tuple
+    std: tuple
+    horizontal_flip: bool  # mirrored digits are different digits, so not for SVHN
+
+
+DATASETS = {
+    spec.name: spec for spec in (
+        DatasetSpec("cifar10", "cifar10", 10, (32, 32, 3),
+                    (0.4913, 0.4821, 0.4465), (0.2023, 0.1994, 0.2010), True),
+        DatasetSpec("cifar100", "cifar100", 100, (32, 32, 3),
+                    (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
+        DatasetSpec("svhn", "svhn_cropped", 10, (32, 32, 3),
+                    (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False),
+        DatasetSpec("fashion_mnist", "fashion_mnist", 10, (28, 28, 1),
+                    (0.2860,), (0.3530,), True),
+    )
+}
+PAD = 4  # random-crop padding, as in the reference
+
+
+@dataclasses.dataclass
+class Arrays:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def get_spec(name):
+    if name not in DATASETS:
+        raise UserError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    return DATASETS[name]
+
+
+def load_arrays(spec, data_dir=None, manual_dir=None, data_file=None):
+    """Train and test arrays from `data_file` (.npz) if given, else from TFDS."""
+    if data_file:
+        return load_npz(data_file, spec)
+    return _load_tfds(spec, data_dir, manual_dir)
+
+
+def load_npz(path, spec):
+    """Read and validate an .npz holding x_train, y_train, x_test, y_test."""
+    if not os.path.isfile(path):
+        raise UserError(f"Data file {path} does not exist; pass an .npz with x_train, y_train, "
+                        "x_test, y_test to --data_file.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            content = {key: archive[key] for key in archive.files}
+    except Exception as error:  # zip, pickle or format errors all mean the same to a user
+        raise UserError(f"Cannot read {path} as an .npz archive ({error}).") from error
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(content)
+    if missing:
+        raise UserError(f"{path} lacks the arrays {sorted(missing)}; it needs x_train, y_train, "
+                        "x_test and y_test.")
+    splits = {}
+    for split in ("train", "test"):
+        images = _as_uint8_images(content[f"x_{split}"], spec, f"{path}: x_{split}")
+        labels = _as_labels(content[f"y_{split}"], spec, f"{path}: y_{split}")
+        if len(images) != len(labels):
+            raise UserError(f"{path}: x_{split} holds {len(images)} images but y_{split} "
+                            f"{len(labels)} labels.")
+        splits[split] = (images, labels)
+    return Arrays(*splits["train"], *splits["test"])
+
+
+def _as_uint8_images(images, spec, where):
+    if images.ndim == len(spec.image_shape) and spec.image_shape[-1] == 1:
+        images = images[..., None]  # grey images stored without a channel axis
+    if images.ndim != 4 or tuple(images.shape[1:]) != spec.image_shape or len(images) == 0:
+        raise UserError(f"{where} has shape {images.shape}; {spec.name} needs "
+                        f"[N, {', '.join(map(str, spec.image_shape))}] with N > 0.")
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.floating):
+        if images.min() < 0 or images.max() > 1:
+            raise UserError(f"{where} holds floats outside [0, 1]; store uint8 pixels (0-255) "
+                            "or floats scaled to [0, 1].")
+        return np.round(images * 255).astype(np.uint8)
+    raise UserError(f"{where} has dtype {images.dtype}; store uint8 pixels or floats in [0, 1].")
+
+
+def _as_labels(labels, spec, where):
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{where} must be a 1-D integer array of class indices, "
+                        f"got shape {labels.shape} and dtype {labels.dtype}.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise UserError(f"{where} has labels in [{labels.min()}, {labels.max()}]; {spec.name} "
+                        f"needs labels in [0, {spec.num_classes - 1}].")
+    return labels.astype(np.int32)
+
+
+def _load_tfds(spec, data_dir, manual_dir):
+    import tensorflow_datasets as tfds  # slow to import; only this path needs it
+
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(tfds.load(
+            spec.tfds_name, split=["train", "test"], as_supervised=True, batch_size=-1,
+            data_dir=data_dir, download_and_prepare_kwargs={"download_config": download_config}))
+    except Exception as error:  # network, checksum and missing-archive errors alike
+        raise UserError(
+            f"Could not load TFDS dataset {spec.tfds_name!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). Without internet, either "
+            "point --data_dir at a directory holding the prepared TFDS dataset, or put the "
+            "original archives in a folder and pass it as --manual_dir (TFDS manual_dir), or "
+            "pass --data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.") from error
+    return Arrays(_as_uint8_images(x_train, spec, "TFDS train images"),
+                  _as_labels(y_train, spec, "TFDS train labels"),
+                  _as_uint8_images(x_test, spec, "TFDS test images"),
+                  _as_labels(y_test, spec, "TFDS test labels"))
+
+
+def _augment(image, seed, spec):
+    """Random crop after zero-padding by 4 pixels, plus a horizontal flip where it makes sense."""
+    height, width, _ = spec.image_shape
+    padded = tf.image.pad_to_bounding_box(image, PAD, PAD, height + 2 * PAD, width + 2 * PAD)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, spec.image_shape, crop_seed)
+    if spec.horizontal_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return image
+
+
+def _to_unit_range(images):
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
+    """Batches for epochs `start_epoch..epochs-1` and the number of steps per epoch.
+
+    Shuffling and augmentation are stateless functions of (seed, epoch, example), so a run
+    resumed at any epoch sees exactly the batches an uninterrupted run would.
+    """
+    count = len(images)
+    steps = count // batch_size
+    if steps == 0:
+        raise UserError(f"batch_size {batch_size} exceeds the {count} training examples; "
+                        "lower --batch_size.")
+    images, labels = tf.constant(images), tf.constant(labels)
+
+    def epoch_examples(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        indices = order[: steps * batch_size]
+        return tf.data.Dataset.from_tensor_slices(
+            (indices, tf.fill([steps * batch_size], epoch)))
+
+    def example(index, epoch):
+        example_seed = tf.stack([tf.cast(seed, tf.int64) + 7919 * epoch, index])
+        image = _augment(tf.gather(images, index), example_seed, spec)
+        return _to_unit_range(image), tf.gather(labels, index)
+
+    dataset = (tf.data.Dataset.range(start_epoch, epochs)
+               .flat_map(epoch_examples)
+               .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(batch_size, drop_remainder=True)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset, steps
+
+
+def eval_dataset(images, labels, batch_size):
+    """Test batches in order, without augmentation."""
+    return (tf.data.Dataset.from_tensor_slices((images, labels))
+            .batch(batch_size)
+            .map(lambda x, y: (_to_unit_range(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

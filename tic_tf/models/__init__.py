@@ -1,0 +1,73 @@
+"""Spiking architectures and `build_model`, which maps images to per-timestep logits."""
+import keras
+
+from tic_tf.models.layers import RepeatOverTime, TimeFolded
+from tic_tf.models.plain import alexnet, vgg16
+from tic_tf.models.resnet import resnet19, resnet34
+from tic_tf.neurons import LIF, _check_neuron_args
+
+ARCHITECTURES = {"resnet19": resnet19, "resnet34": resnet34, "vgg16": vgg16, "alexnet": alexnet}
+SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1))
+
+
+def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
+                detach_reset=True, mean=None, std=None):
+    """A `keras.Model` from images `[batch, H, W, C]` in [0, 1] to logits `[batch, T, classes]`.
+
+    `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
+    attacks, serving) all work in pixel space; left out, the images pass through unchanged.
+    The weights do not depend on `timesteps`: see `with_timesteps`.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")
+    input_shape = tuple(int(d) for d in input_shape)
+    if input_shape not in SUPPORTED_INPUT_SHAPES:
+        raise ValueError(f"Unsupported input shape {input_shape}; the models take "
+                         f"{' or '.join(map(str, SUPPORTED_INPUT_SHAPES))} images.")
+    if int(timesteps) < 1:
+        raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}.")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+    _check_neuron_args(tau, threshold)
+    channels = input_shape[-1]
+    mean = [0.0] * channels if mean is None else [float(m) for m in mean]
+    std = [1.0] * channels if std is None else [float(s) for s in std]
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean and std need {channels} values each, std positive.")
+
+    images = keras.Input(input_shape, name="images")
+    normalised = keras.layers.Normalization(
+        mean=mean, variance=[s * s for s in std], name="normalize")(images)
+    neuron = dict(tau=tau, threshold=threshold, detach_reset=detach_reset)
+    logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron)
+    return keras.Model(images, logits, name=arch)
+
+
+def with_timesteps(model, timesteps):
+    """The same network and weights, run over a different number of timesteps."""
+    if int(timesteps) < 1:
+        raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
+    config = model.get_config()
+    repeats = [layer for layer in config["layers"] if layer["class_name"] == "RepeatOverTime"]
+    if len(repeats) != 1:
+        raise ValueError("with_timesteps needs a model made by tic_tf.models.build_model.")
+    repeats[0]["config"]["timesteps"] = int(timesteps)
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def timesteps_of(model):
+    """The number of timesteps a `build_model` network runs for."""
+    return int(model.output.shape[1])
+
+
+def lif_layers(model):
+    """The model's LIF layers, in order."""
+    return [layer for layer in model.layers if isinstance(layer, LIF)]
+
+
+__all__ = ["ARCHITECTURES", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
+           "RepeatOverTime", "TimeFolded"]

@@ -1,0 +1,46 @@
+"""Building blocks shared by the spiking architectures; all act on `[batch, time, ...]`."""
+import keras
+
+from tic_tf.models.layers import RepeatOverTime, TimeFolded
+from tic_tf.neurons import LIF
+
+# PyTorch's batch-norm defaults (momentum 0.1, eps 1e-5), as in the reference implementation.
+_BN = dict(momentum=0.9, epsilon=1e-5)
+
+
+def channels(base, width):
+    """Channel count of a layer whose full-width size is `base`."""
+    return max(1, int(round(base * width)))
+
+
+def conv(filters, kernel, stride, name):
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                               use_bias=False, name=name)
+
+
+def batch_norm(name):
+    return keras.layers.BatchNormalization(name=name, **_BN)
+
+
+def direct_coding_stem(images, filters, timesteps, neuron, name="stem"):
+    """First conv + BN computed once on the image, then fed to a LIF layer at every timestep."""
+    x = conv(filters, 3, 1, f"{name}_conv")(images)
+    x = batch_norm(f"{name}_bn")(x)
+    x = RepeatOverTime(timesteps, name="repeat_over_time")(x)
+    return LIF(**neuron, name=f"{name}_lif")(x)
+
+
+def conv_bn(x, filters, kernel, stride, name):
+    """Convolution + batch-norm over all timesteps at once (time folded into the batch)."""
+    x = TimeFolded(conv(filters, kernel, stride, f"{name}_conv"), name=f"{name}_conv_t")(x)
+    return TimeFolded(batch_norm(f"{name}_bn"), name=f"{name}_bn_t")(x)
+
+
+def folded(layer):
+    """Wrap a stateless layer so it runs on every timestep."""
+    return TimeFolded(layer, name=f"{layer.name}_t")
+
+
+def classifier_head(x, num_classes, name="classifier"):
+    """Per-timestep logits `[batch, time, classes]` from a per-timestep feature vector."""
+    return folded(keras.layers.Dense(num_classes, name=name))(x)

@@ -1,0 +1,179 @@
+"""Train a spiking network with BPTT.
+
+    python -m tic_tf.train --dataset=svhn --timesteps=10
+    python -m tic_tf.train --flagfile=flags/quick_cpu.cfg
+
+Everything lands in --model_dir: flags.json, checkpoints/epoch-NNNN, metrics.jsonl,
+tensorboard/, results.json and saved_model/. Running the same command again resumes from the
+last complete checkpoint.
+"""
+import json
+import os
+import sys
+import time
+
+import keras
+from absl import flags
+
+from tic_tf import checkpoints, cli
+from tic_tf.atomic import write_json
+from tic_tf.callbacks import EpochCheckpoint, MetricsLogger, firing_rates
+from tic_tf.data import eval_dataset, get_spec, load_arrays, train_dataset
+from tic_tf.errors import UserError
+from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
+from tic_tf.models import ARCHITECTURES, build_model
+from tic_tf.serving import export_saved_model
+
+cli.define_data_flags()
+flags.DEFINE_enum("arch", "resnet19", sorted(ARCHITECTURES), "Network architecture.")
+flags.DEFINE_float("width", 1.0, "Channel width multiplier (1.0 = the paper's widths).")
+flags.DEFINE_integer("timesteps", 10, "Number of timesteps T.", lower_bound=1)
+flags.DEFINE_float("tau", 2.0, "LIF membrane time constant; decay is 1 - 1/tau (> 0.5).")
+flags.DEFINE_float("threshold", 1.0, "LIF firing threshold.")
+flags.DEFINE_boolean("detach_reset", True, "Detach the membrane reset from the gradient.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 0.3, "Initial learning rate.")
+flags.DEFINE_enum("lr_schedule", "cosine", ["cosine", "step", "constant"],
+                  "cosine: decay to 0 over all epochs; step: x0.1 at each --lr_milestones epoch.")
+flags.DEFINE_list("lr_milestones", ["150", "225"], "Epochs at which the step schedule decays.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (Keras' decoupled form).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 300, "Number of training epochs.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed for initial weights, shuffling and augmentation.")
+flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>-<arch>-T<T>).")
+flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every this many epochs.",
+                     lower_bound=1)
+flags.DEFINE_list("keep_checkpoints", [], "Epochs whose checkpoints are kept for later "
+                  "analysis (e.g. 20,120,300); the last two are always kept. 'all' keeps all.")
+flags.DEFINE_boolean("xla", True, "Compile the training step with XLA (jit_compile).")
+flags.DEFINE_boolean("export", True, "Write a SavedModel to <model_dir>/saved_model at the end.")
+flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, 1 progress bar, 2 one "
+                     "line per epoch (default: 1 on a terminal, else 2).")
+FLAGS = flags.FLAGS
+
+flags.register_validator("width", lambda w: w > 0, "--width must be positive.")
+flags.register_validator("tau", lambda t: t > 0.5,
+                         "--tau must be > 0.5 (the decay 1 - 1/tau must stay above -1).")
+flags.register_validator("threshold", lambda v: v > 0, "--threshold must be positive.")
+flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be positive.")
+flags.register_validator("weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0.")
+flags.register_validator("lr_milestones", lambda ms: all(m.isdigit() for m in ms),
+                         "--lr_milestones must be a comma-separated list of epochs.")
+flags.register_validator("keep_checkpoints",
+                         lambda ks: ks == ["all"] or all(k.isdigit() for k in ks),
+                         "--keep_checkpoints must be 'all' or a comma-separated list of epochs.")
+
+# Settings that define a run: resuming with any of them changed is refused.
+RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
+                "optimizer", "learning_rate", "lr_schedule", "lr_milestones", "momentum",
+                "weight_decay", "batch_size", "epochs", "seed")
+OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
+               "keep_checkpoints", "xla", "export", "verbose")
+
+
+def run_settings():
+    return {name: FLAGS[name].value for name in RUN_SETTINGS}
+
+
+def check_run_dir(run_dir, settings):
+    """Refuse a run directory that holds a run with other settings."""
+    path = os.path.join(run_dir, "flags.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as handle:
+            previous = json.load(handle)["run_settings"]
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{path} is unreadable ({error}); use a new --model_dir.") from error
+    changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+    if changed:
+        listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise UserError(f"{run_dir} holds a run with other settings ({listing}); pass the "
+                        "same flags to resume it, or choose a new --model_dir.")
+
+
+def make_optimizer(steps_per_epoch):
+    total_steps = FLAGS.epochs * steps_per_epoch
+    rate = FLAGS.learning_rate
+    if FLAGS.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=total_steps)
+    elif FLAGS.lr_schedule == "step":
+        milestones = sorted(int(m) for m in FLAGS.lr_milestones)
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [m * steps_per_epoch for m in milestones],
+            [rate * 0.1 ** i for i in range(len(milestones) + 1)])
+    decay = FLAGS.weight_decay or None
+    if FLAGS.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=FLAGS.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
+
+
+def main(argv):
+    settings = run_settings()
+    run_dir = FLAGS.model_dir or os.path.join(
+        "runs", f"{FLAGS.dataset}-{FLAGS.arch}-T{FLAGS.timesteps}")
+    check_run_dir(run_dir, settings)
+    spec = get_spec(FLAGS.dataset)
+    arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
+    if FLAGS.batch_size > len(arrays.x_train):
+        raise UserError(f"--batch_size={FLAGS.batch_size} exceeds the {len(arrays.x_train)} "
+                        "training examples; lower it.")
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    model_config = dict(arch=FLAGS.arch, num_classes=spec.num_classes,
+                        timesteps=FLAGS.timesteps, input_shape=list(spec.image_shape),
+                        width=FLAGS.width, tau=FLAGS.tau, threshold=FLAGS.threshold,
+                        detach_reset=FLAGS.detach_reset, mean=list(spec.mean),
+                        std=list(spec.std))
+    model = build_model(**model_config)
+    steps_per_epoch = len(arrays.x_train) // FLAGS.batch_size
+    optimizer = make_optimizer(steps_per_epoch)
+    model.compile(optimizer, loss=MeanLogitCrossEntropy(), metrics=[accuracy_metric()],
+                  jit_compile=FLAGS.xla)
+
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    start_epoch = 0
+    found = checkpoints.list_epochs(checkpoint_dir)
+    if found:
+        start_epoch, path = found[-1]
+        checkpoints.restore(path, model, optimizer)
+        print(f"Resuming from {path} (epoch {start_epoch} of {FLAGS.epochs}).")
+    write_json(os.path.join(run_dir, "flags.json"), {
+        "run_settings": settings, "model": model_config,
+        "all_flags": {name: FLAGS[name].value for name in sorted(RUN_SETTINGS + OTHER_FLAGS)}})
+
+    test_data = eval_dataset(arrays.x_test, arrays.y_test, FLAGS.batch_size)
+    keep = (range(1, FLAGS.epochs + 1) if FLAGS.keep_checkpoints == ["all"]
+            else [int(k) for k in FLAGS.keep_checkpoints])
+    callbacks = [
+        EpochCheckpoint(checkpoint_dir, model_config, keep),
+        MetricsLogger(run_dir, start_epoch,
+                      probes=[firing_rates(arrays.x_test[:64].astype("float32") / 255.0)]),
+    ]
+    verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    if start_epoch < FLAGS.epochs:
+        train_data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
+                                      FLAGS.seed, start_epoch, FLAGS.epochs)
+        started = time.perf_counter()
+        model.fit(train_data, epochs=FLAGS.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=steps_per_epoch, validation_data=test_data,
+                  validation_freq=FLAGS.eval_every, callbacks=callbacks, verbose=verbose)
+        print(f"Trained epochs {start_epoch + 1}-{FLAGS.epochs} in "
+              f"{time.perf_counter() - started:.0f} s.")
+    loss, accuracy = model.evaluate(test_data, verbose=0)
+    write_json(os.path.join(run_dir, "results.json"),
+               {"epochs": FLAGS.epochs, "test_loss": loss, "test_accuracy": accuracy,
+                "test_examples": len(arrays.x_test)})
+    print(f"Test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(arrays.x_test)} images.")
+    if FLAGS.export:
+        path = export_saved_model(model, os.path.join(run_dir, "saved_model"))
+        print(f"SavedModel written to {path}")
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
