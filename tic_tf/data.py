@@ -118,9 +118,9 @@ def _load_tfds(spec, data_dir, manual_dir):
 
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
-        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(tfds.load(
-            spec.tfds_name, split=["train", "test"], as_supervised=True, batch_size=-1,
-            data_dir=data_dir, download_and_prepare_kwargs={"download_config": download_config}))
+        train, test = tfds.load(
+            spec.tfds_name, split=["train", "test"], as_supervised=True, data_dir=data_dir,
+            download_and_prepare_kwargs={"download_config": download_config})
     except Exception as error:  # network, checksum and missing-archive errors alike
         raise UserError(
             f"Could not load TFDS dataset {spec.tfds_name!r} ({type(error).__name__}: "
@@ -128,10 +128,19 @@ def _load_tfds(spec, data_dir, manual_dir):
             "point --data_dir at a directory holding the prepared TFDS dataset, or put the "
             "original archives in a folder and pass it as --manual_dir (TFDS manual_dir), or "
             "pass --data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.") from error
-    return Arrays(_as_uint8_images(x_train, spec, "TFDS train images"),
-                  _as_labels(y_train, spec, "TFDS train labels"),
-                  _as_uint8_images(x_test, spec, "TFDS test images"),
-                  _as_labels(y_test, spec, "TFDS test labels"))
+    return Arrays(*_to_arrays(train, spec, "TFDS train split"),
+                  *_to_arrays(test, spec, "TFDS test split"))
+
+
+def _to_arrays(dataset, spec, where):
+    images, labels = [], []
+    for image_batch, label_batch in dataset.batch(4096).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        raise UserError(f"{where} of {spec.tfds_name} is empty.")
+    return (_as_uint8_images(np.concatenate(images), spec, where),
+            _as_labels(np.concatenate(labels), spec, where))
 
 
 def _augment(image, seed, spec):

@@ -1,7 +1,8 @@
 """Spiking networks without skip connections: VGG16 and AlexNet (CIFAR-sized variants)."""
 import keras
 
-from tic_tf.models.blocks import channels, classifier_head, conv_bn, direct_coding_stem, folded
+from tic_tf.models.blocks import (batch_norm, channels, classifier_head, conv_bn,
+                                  direct_coding_stem, folded)
 from tic_tf.neurons import LIF
 
 POOL = "pool"
@@ -27,7 +28,9 @@ def _plain(images, num_classes, timesteps, width, neuron, features, hidden):
             x = LIF(**neuron, name=f"features{convs}_lif")(x)
     x = folded(keras.layers.Flatten(name="flatten"))(x)
     for index, units in enumerate(hidden, start=1):
-        x = folded(keras.layers.Dense(channels(units, width), name=f"fc{index}"))(x)
+        # Hidden FC layers are batch-normalised like the convolutions (no bias, BN, LIF).
+        x = folded(keras.layers.Dense(channels(units, width), use_bias=False, name=f"fc{index}"))(x)
+        x = folded(batch_norm(f"fc{index}_bn"))(x)
         x = LIF(**neuron, name=f"fc{index}_lif")(x)
     return classifier_head(x, num_classes)
 

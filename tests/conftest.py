@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR_SAMPLE = os.path.join(REPO, "..", "shared", "data", "cifar10_subset.npz")
+
+
+def run_tool(module, *args, cwd=None):
+    """Run `python -m tic_tf.<module> args...` as a user would; returns CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", f"tic_tf.{module}", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def write_npz(path, train=64, test=32, shape=(32, 32, 3), classes=10, seed=0, **overrides):
+    """A small random image dataset in the .npz layout the tools accept."""
+    rng = np.random.default_rng(seed)
+    arrays = dict(x_train=rng.integers(0, 256, (train, *shape), dtype=np.uint8),
+                  y_train=rng.integers(0, classes, train),
+                  x_test=rng.integers(0, 256, (test, *shape), dtype=np.uint8),
+                  y_test=rng.integers(0, classes, test))
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    return write_npz(tmp_path / "tiny.npz")

@@ -1,0 +1,120 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import CIFAR_SAMPLE, write_npz
+from tic_tf import data
+from tic_tf.errors import UserError
+
+CIFAR10 = data.get_spec("cifar10")
+
+
+def test_npz_loads_as_uint8_images_and_int_labels(tiny_npz):
+    arrays = data.load_arrays(CIFAR10, data_file=tiny_npz)
+    assert arrays.x_train.shape == (64, 32, 32, 3) and arrays.x_train.dtype == np.uint8
+    assert arrays.y_test.shape == (32,) and arrays.y_test.dtype == np.int32
+
+
+def test_float_images_in_unit_range_are_accepted(tmp_path):
+    path = write_npz(tmp_path / "f.npz", x_test=np.full((32, 32, 32, 3), 0.5, np.float32))
+    assert data.load_arrays(CIFAR10, data_file=path).x_test.max() == 128
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(y_test=None), r"lacks the arrays \['y_test'\]"),
+    (dict(x_train=np.zeros((64, 28, 28, 3), np.uint8)), "has shape"),
+    (dict(y_train=np.full(64, 10)), r"labels in \[10, 10\]"),
+    (dict(y_train=np.zeros(63, int)), "64 images but y_train 63 labels"),
+    (dict(x_test=np.full((32, 32, 32, 3), 2.0)), "floats outside"),
+    (dict(y_test=np.zeros(32, np.float32)), "integer array"),
+])
+def test_malformed_npz_is_refused_with_reason(tmp_path, overrides, message):
+    path = write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(UserError, match=message):
+        data.load_arrays(CIFAR10, data_file=path)
+
+
+def test_missing_or_unreadable_npz(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_arrays(CIFAR10, data_file=str(tmp_path / "absent.npz"))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="Cannot read"):
+        data.load_arrays(CIFAR10, data_file=str(garbage))
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="Unknown dataset 'mnist'"):
+        data.get_spec("mnist")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion_mnist"])
+def test_tfds_path_with_mocked_data(name):
+    spec = data.get_spec(name)
+    with tfds.testing.mock_data(num_examples=12):
+        arrays = data.load_arrays(spec)
+    assert arrays.x_train.shape == (12, *spec.image_shape)
+    assert arrays.y_train.max() < spec.num_classes
+
+
+def test_tfds_failure_names_every_offline_option(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(UserError) as error:
+        data.load_arrays(CIFAR10, data_dir="/nowhere")
+    for option in ("--data_dir", "--manual_dir", "--data_file"):
+        assert option in str(error.value)
+
+
+def batches(dataset):
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def test_training_pipeline_is_deterministic_and_resumes_mid_run():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40).astype(np.int32)
+    full, steps = data.train_dataset(images, labels, CIFAR10, 8, seed=3, start_epoch=0, epochs=3)
+    assert steps == 5
+    full = batches(full)
+    resumed = batches(data.train_dataset(images, labels, CIFAR10, 8, 3, 2, 3)[0])
+    assert len(full) == 15 and len(resumed) == 5
+    for (x_full, y_full), (x_res, y_res) in zip(full[10:], resumed):
+        np.testing.assert_array_equal(x_full, x_res)
+        np.testing.assert_array_equal(y_full, y_res)
+    # Epochs differ in order and augmentation; images are floats in [0, 1].
+    assert not np.array_equal(full[0][0], full[5][0])
+    assert full[0][0].dtype == np.float32 and 0 <= full[0][0].min() and full[0][0].max() <= 1
+
+
+def test_augmentation_crops_with_padding_and_flips_only_where_allowed():
+    # Pixel values grow from left to right, so a flip shows as a decreasing row.
+    columns = np.arange(1, 33, dtype=np.uint8) * 7
+    image = tf.constant(np.broadcast_to(columns[None, :, None], (32, 32, 3)))
+
+    def augmented_rows(spec):
+        return [data._augment(image, tf.constant([0, i], tf.int64), spec).numpy()[16, :, 0]
+                for i in range(40)]
+
+    def flipped(row):
+        values = row[row > 0].astype(int)  # zero padding shifted in by the crop is ignored
+        return bool(np.all(np.diff(values) < 0))
+
+    cifar_rows, svhn_rows = augmented_rows(CIFAR10), augmented_rows(data.get_spec("svhn"))
+    assert any(flipped(row) for row in cifar_rows)
+    assert not any(flipped(row) for row in svhn_rows)
+    padding_seen = [int(np.sum(row == 0)) for row in svhn_rows]
+    assert len(set(padding_seen)) > 2 and max(padding_seen) <= 4  # random shifts up to 4 px
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR_SAMPLE), reason="CIFAR-10 sample not present")
+def test_real_cifar10_sample_loads():
+    arrays = data.load_arrays(CIFAR10, data_file=CIFAR_SAMPLE)
+    assert arrays.x_train.shape == (4660, 32, 32, 3)
+    assert arrays.x_test.shape == (846, 32, 32, 3)
+    assert set(np.unique(arrays.y_train)) == set(range(10))

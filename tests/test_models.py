@@ -1,0 +1,92 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
+from tic_tf.models import build_model, lif_layers, timesteps_of, with_timesteps
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def test_resnet19_has_reference_parameter_count():
+    assert trainable_count(build_model("resnet19", 10, 2, (32, 32, 3))) == 26_108_042
+
+
+def test_resnet19_quarter_width_matches_reference_design():
+    assert trainable_count(build_model("resnet19", 10, 2, (32, 32, 3), width=0.25)) == 1_636_394
+
+
+@pytest.mark.parametrize("arch", ["resnet19", "resnet34", "vgg16", "alexnet"])
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+def test_output_is_per_timestep_logits(arch, shape):
+    model = build_model(arch, 7, 3, shape, width=1 / 16)
+    out = model(np.random.rand(2, *shape).astype("float32"))
+    assert out.shape == (2, 3, 7)
+    assert len(lif_layers(model)) >= 5
+
+
+def test_same_weights_run_at_any_number_of_timesteps():
+    model = build_model("resnet19", 10, 2, (32, 32, 3), width=1 / 16)
+    for layer in model.layers:  # BN offsets of 0.6 make every layer fire at initialisation
+        if "_bn" in layer.name:
+            layer.weights[1].assign(tf.fill(layer.weights[1].shape, 0.6))
+    longer = with_timesteps(model, 6)
+    assert timesteps_of(longer) == 6
+    fresh = build_model("resnet19", 10, 6, (32, 32, 3), width=1 / 16)
+    fresh.set_weights(model.get_weights())
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    short_out, long_out = model(x).numpy(), longer(x).numpy()
+    np.testing.assert_allclose(long_out, fresh(x).numpy(), atol=1e-5)
+    # A spiking network is causal: the first two timesteps cannot depend on later ones.
+    np.testing.assert_allclose(long_out[:, :2], short_out, atol=1e-5)
+    assert np.abs(long_out[:, 2:] - long_out[:, 1:2]).max() > 1e-3  # later steps differ
+
+
+def test_normalisation_inside_model_uses_dataset_statistics():
+    model = build_model("alexnet", 10, 2, (28, 28, 1), width=1 / 16, mean=[0.5], std=[0.25])
+    normalize = model.get_layer("normalize")
+    x = np.full((1, 28, 28, 1), 0.75, np.float32)
+    np.testing.assert_allclose(normalize(x).numpy(), 1.0, rtol=1e-5)
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    model = build_model("vgg16", 10, 2, (32, 32, 3), width=1 / 16, tau=0.75)
+    x = np.random.rand(2, 32, 32, 3).astype("float32")
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+    assert lif_layers(loaded)[0].cell.tau == 0.75
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(arch="resnet50"), "Unknown architecture"),
+    (dict(timesteps=0), "timesteps must be a positive"),
+    (dict(width=0.0), "width must be positive"),
+    (dict(tau=0.5), "tau must be > 0.5"),
+    (dict(input_shape=(64, 64, 3)), "Unsupported input shape"),
+])
+def test_bad_arguments_are_refused(kwargs, message):
+    args = dict(arch="alexnet", num_classes=10, timesteps=2, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=message):
+        build_model(**{**args, **kwargs})
+
+
+def test_bptt_training_learns_a_separable_task():
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 256)
+    # Class 1 images are bright in the left half, class 0 in the right half.
+    images = rng.random((256, 28, 28, 1), dtype=np.float32) * 0.2
+    images[labels == 1, :, :14] += 0.8
+    images[labels == 0, :, 14:] += 0.8
+    model = build_model("resnet19", 2, 2, (28, 28, 1), width=1 / 16)
+    model.compile(keras.optimizers.Adam(1e-2), MeanLogitCrossEntropy(), metrics=[accuracy_metric()])
+    before = model.evaluate(images, labels, verbose=0)[0]
+    model.fit(images, labels, batch_size=32, epochs=4, verbose=0)
+    loss, accuracy = model.evaluate(images, labels, verbose=0)
+    assert loss < 0.5 * before
+    assert accuracy > 0.9

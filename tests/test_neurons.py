@@ -1,0 +1,80 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tic_tf.neurons import LIF, LIFCell, spike
+
+
+def hand_lif(currents, tau, threshold=1.0):
+    """Eq. 1 of the paper, one neuron, written out step by step."""
+    membrane, spikes, potentials = 0.0, [], []
+    for current in currents:
+        membrane = (1 - 1 / tau) * membrane + current / tau
+        potentials.append(membrane)
+        fired = 1.0 if membrane >= threshold else 0.0
+        spikes.append(fired)
+        membrane = 0.0 if fired else membrane
+    return spikes, potentials
+
+
+@pytest.mark.parametrize("tau", [2.0, 0.75, 4.0])
+def test_lif_matches_hand_computation_of_eq1(tau):
+    currents = [0.8, 1.5, 2.5, -0.4, 3.0, 0.9, 1.1, 2.0]
+    expected, _ = hand_lif(currents, tau)
+    got = LIF(tau=tau)(tf.constant([currents], tf.float32)[..., None])
+    np.testing.assert_array_equal(got.numpy()[0, :, 0], expected)
+    assert sum(expected) >= 2  # the sequence exercises firing and reset
+
+
+def test_negative_decay_for_tau_below_one_flips_membrane_sign():
+    cell = LIFCell(tau=0.75)
+    _, [membrane] = cell(tf.constant([[-0.6]]), [tf.constant([[0.3]])])
+    # decay 1 - 1/0.75 = -1/3: -1/3 * 0.3 + (-0.6) / 0.75
+    assert membrane.numpy()[0, 0] == pytest.approx(-0.1 - 0.8, rel=1e-6)
+
+
+def test_hard_reset_sets_membrane_to_zero_after_spike():
+    cell = LIFCell(tau=2.0)
+    spikes, [membrane] = cell(tf.constant([[4.0, 1.0]]), [tf.zeros([1, 2])])
+    np.testing.assert_array_equal(spikes.numpy(), [[1.0, 0.0]])
+    np.testing.assert_allclose(membrane.numpy(), [[0.0, 0.5]])
+
+
+def test_surrogate_gradient_follows_arctan_formula():
+    x = tf.constant([-1.0, -0.3, 0.0, 0.2, 2.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = spike(x)
+    np.testing.assert_array_equal(y.numpy(), [0, 0, 1, 1, 1])
+    expected = 1.0 / (1.0 + (math.pi * x.numpy()) ** 2)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), expected, rtol=1e-6)
+
+
+def test_detach_reset_changes_only_the_gradient():
+    currents = tf.constant([[[2.2], [1.0], [0.7]]])
+
+    def run(detach):
+        with tf.GradientTape() as tape:
+            tape.watch(currents)
+            out = LIF(detach_reset=detach)(currents)
+            total = tf.reduce_sum(out)
+        return out.numpy(), tape.gradient(total, currents).numpy()
+
+    out_d, grad_d = run(True)
+    out_a, grad_a = run(False)
+    np.testing.assert_array_equal(out_d, out_a)
+    assert not np.allclose(grad_d, grad_a)
+
+
+def test_bad_tau_is_refused_with_reason():
+    with pytest.raises(ValueError, match="tau must be > 0.5"):
+        LIFCell(tau=0.5)
+
+
+def test_lif_config_round_trip():
+    layer = LIF(tau=0.75, threshold=0.5, detach_reset=False, name="n")
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert (clone.cell.tau, clone.cell.threshold, clone.cell.detach_reset) == (0.75, 0.5, False)

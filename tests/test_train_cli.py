@@ -1,0 +1,150 @@
+"""The training and export commands, run as a user runs them."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_tool, write_npz
+from tic_tf import checkpoints
+
+
+def train_args(npz, model_dir, *extra):
+    return ["--dataset=cifar10", f"--data_file={npz}", "--arch=resnet19", "--width=0.0625",
+            "--timesteps=2", "--batch_size=16", "--epochs=2", "--learning_rate=0.05",
+            "--keep_checkpoints=1", "--verbose=0", f"--model_dir={model_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    npz = write_npz(root / "data.npz")
+    run_dir = root / "run"
+    result = run_tool("train", *train_args(npz, run_dir))
+    assert result.returncode == 0, result.stderr
+    return npz, run_dir, result
+
+
+def test_run_directory_holds_every_output(trained_run):
+    _, run_dir, result = trained_run
+    assert "Test accuracy" in result.stdout
+    assert sorted(os.listdir(run_dir)) == ["checkpoints", "flags.json", "metrics.jsonl",
+                                           "results.json", "saved_model", "tensorboard"]
+    assert [e for e, _ in checkpoints.list_epochs(run_dir / "checkpoints")] == [1, 2]
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                "firing_rate/stem_lif", "firing_rate/stage3_block2_lif2"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert records[1]["learning_rate"] < records[0]["learning_rate"]  # cosine schedule
+    flags_json = json.loads(open(run_dir / "flags.json").read())
+    assert flags_json["run_settings"]["timesteps"] == 2
+    assert os.listdir(run_dir / "tensorboard")
+    results = json.loads(open(run_dir / "results.json").read())
+    assert 0 <= results["test_accuracy"] <= 1 and results["test_examples"] == 32
+
+
+def test_saved_model_serves_probabilities_equal_to_the_keras_model(trained_run):
+    _, run_dir, _ = trained_run
+    model, _ = checkpoints.load_model(str(run_dir))
+    served = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
+    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    out = served(images=tf.constant(x))
+    logits = model(x, training=False).numpy()
+    np.testing.assert_allclose(out["logits_per_timestep"].numpy(), logits, atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
+    npz, run_dir, _ = trained_run
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed_dir)
+    # The state a run killed during epoch 2 leaves behind: one checkpoint, a partial one.
+    shutil.rmtree(resumed_dir / "checkpoints" / "epoch-0002")
+    shutil.rmtree(resumed_dir / "saved_model")
+    os.remove(resumed_dir / "results.json")
+    (resumed_dir / "checkpoints" / "epoch-0002.partial-1").mkdir()
+    result = run_tool("train", *train_args(npz, resumed_dir))
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from" in result.stdout
+    assert [e for e, _ in checkpoints.list_epochs(resumed_dir / "checkpoints")] == [1, 2]
+    assert not any("partial" in n for n in os.listdir(resumed_dir / "checkpoints"))
+    records = [json.loads(line) for line in open(resumed_dir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    original, _ = checkpoints.load_model(str(run_dir))
+    resumed, _ = checkpoints.load_model(str(resumed_dir))
+    for a, b in zip(original.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_run_directory_with_other_settings_is_refused(trained_run):
+    npz, run_dir, _ = trained_run
+    before = sorted(os.listdir(run_dir / "checkpoints"))
+    result = run_tool("train", *train_args(npz, run_dir, "--timesteps=3"))
+    assert result.returncode == 2
+    assert "timesteps: 2 -> 3" in result.stderr and "new --model_dir" in result.stderr
+    assert sorted(os.listdir(run_dir / "checkpoints")) == before
+
+
+def test_export_at_other_timesteps_round_trips(trained_run, tmp_path):
+    _, run_dir, _ = trained_run
+    output = tmp_path / "export_t3"
+    checkpoint = run_dir / "checkpoints" / "epoch-0001"
+    result = run_tool("export", f"--checkpoint={checkpoint}", f"--output={output}",
+                      "--timesteps=3")
+    assert result.returncode == 0, result.stderr
+    served = tf.saved_model.load(str(output)).signatures["serving_default"]
+    model, config = checkpoints.load_model(str(checkpoint), timesteps=3)
+    x = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    out = served(images=tf.constant(x))
+    assert out["logits_per_timestep"].shape == (2, 3, 10)
+    np.testing.assert_allclose(out["logits_per_timestep"].numpy(), model(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint=/nonexistent/run"], "does not exist"),
+    (["--checkpoint={tmp}"], "No checkpoint found"),
+])
+def test_export_refuses_unreadable_checkpoints(tmp_path, args, message):
+    output = tmp_path / "out"
+    result = run_tool("export", *[a.format(tmp=tmp_path) for a in args], f"--output={output}")
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()
+
+
+def test_export_refuses_checkpoint_of_another_architecture(trained_run, tmp_path):
+    _, run_dir, _ = trained_run
+    fake = tmp_path / "epoch-0001"
+    shutil.copytree(run_dir / "checkpoints" / "epoch-0001", fake)
+    config = json.loads((fake / "model.json").read_text())
+    (fake / "model.json").write_text(json.dumps({**config, "arch": "alexnet"}))
+    result = run_tool("export", f"--checkpoint={fake}", f"--output={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Cannot restore checkpoint" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset=mnist"], "dataset"),
+    (["--arch=resnet50"], "arch"),
+    (["--timesteps=0"], "timesteps"),
+    (["--width=0"], "--width must be positive"),
+    (["--tau=0.5"], "--tau must be > 0.5"),
+    (["--data_file={tmp}/absent.npz"], "does not exist"),
+    (["--data_file={tmp}/keys.npz"], "lacks the arrays"),
+    (["--data_file={tmp}/labels.npz"], "needs labels in [0, 9]"),
+    (["--data_file={tmp}/shape.npz"], "has shape"),
+])
+def test_bad_training_input_fails_cleanly(tmp_path, extra, message):
+    write_npz(tmp_path / "keys.npz", x_test=None)
+    write_npz(tmp_path / "labels.npz", y_train=np.arange(64))
+    write_npz(tmp_path / "shape.npz", x_train=np.zeros((64, 32, 32), np.uint8))
+    npz = write_npz(tmp_path / "good.npz")
+    run_dir = tmp_path / "run"
+    args = train_args(npz, run_dir) + [a.format(tmp=tmp_path) for a in extra]
+    result = run_tool("train", *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
