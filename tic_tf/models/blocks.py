@@ -1,7 +1,7 @@
 """Building blocks shared by the spiking architectures; all act on `[batch, time, ...]`."""
 import keras
 
-from tic_tf.models.layers import RepeatOverTime, TimeFolded
+from tic_tf.models.layers import PointwiseConv2D, RepeatOverTime, TimeFolded
 from tic_tf.neurons import LIF
 
 # PyTorch's batch-norm defaults (momentum 0.1, eps 1e-5), as in the reference implementation.
@@ -14,8 +14,8 @@ def channels(base, width):
 
 
 def conv(filters, kernel, stride, name):
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
-                               use_bias=False, name=name)
+    layer = PointwiseConv2D if kernel == 1 else keras.layers.Conv2D
+    return layer(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)
 
 
 def batch_norm(name):

@@ -47,3 +47,21 @@ class TimeFolded(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         inner = self.layer.compute_output_shape((None, *input_shape[2:]))
         return (input_shape[0], input_shape[1], *inner[1:])
+
+
+@keras.saving.register_keras_serializable(package="tic_tf")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 convolution that, when strided, subsamples first and then convolves at stride 1.
+
+    Equal to `Conv2D(filters, 1, strides=s, padding="same")` (same config and weights), but
+    it never computes the discarded positions, and it avoids the strided 1x1 convolution
+    gradients of oneDNN in TensorFlow 2.21, which crash the process for some odd batch sizes.
+    """
+
+    def call(self, inputs):
+        rows, cols = self.strides
+        outputs = keras.ops.conv(inputs[:, ::rows, ::cols], self.kernel, strides=1,
+                                 padding="valid")
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs

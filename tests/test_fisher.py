@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tic_tf.errors import UserError
+from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, per_timestep_losses,
+                           sample_model_labels, temporal_fisher)
+from tic_tf.models import build_model, with_timesteps
+
+STEPS = 3
+
+
+def active_model(arch="resnet19", shape=(28, 28, 1), seed=0):
+    """A tiny model whose layers fire, with non-trivial batch-norm statistics."""
+    tf.keras.utils.set_random_seed(seed)
+    model = build_model(arch, 5, STEPS, shape, width=1 / 16)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, tf.keras.layers.BatchNormalization):
+            size = inner.gamma.shape
+            inner.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
+            inner.beta.assign(rng.uniform(0.2, 0.8, size).astype("float32"))
+            inner.moving_mean.assign(rng.normal(0, 0.1, size).astype("float32"))
+            inner.moving_variance.assign(rng.uniform(0.5, 2, size).astype("float32"))
+        if inner.name == "classifier":
+            inner.bias.assign(rng.normal(0, 0.1, inner.bias.shape).astype("float32"))
+    return model
+
+
+def brute_force(model, images, labels, blocks=None):
+    """One GradientTape per sample and per t, over all (or one block's) parameters."""
+    steps = model.output.shape[1]
+    variables = [(v, block_of(v.path.split("/")[-2])) for v in model.trainable_variables]
+    labels = labels if labels.ndim == 2 else np.repeat(labels[:, None], steps, axis=1)
+
+    @tf.function  # eager Conv2DBackpropFilter on a batch of one crashes oneDNN in TF 2.21
+    def sample_gradient(image, label, t):
+        with tf.GradientTape() as tape:
+            loss = per_timestep_losses(model(image, training=False), label)[0, t]
+        return tape.gradient(loss, [v for v, _ in variables])
+
+    values = np.zeros(steps)
+    per_block = {}
+    for n in range(len(images)):
+        for t in range(steps):
+            grads = sample_gradient(images[n:n + 1], labels[n:n + 1], tf.constant(t))
+            for (v, block), g in zip(variables, grads):
+                sq = float(tf.reduce_sum(tf.square(g))) if g is not None else 0.0
+                values[t] += sq
+                per_block.setdefault(block, np.zeros(steps))[t] += sq
+    return values / len(images), {k: v / len(images) for k, v in per_block.items()}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = active_model()
+    rng = np.random.default_rng(1)
+    images = rng.random((6, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 6).astype(np.int32)
+    return model, images, labels
+
+
+def test_exact_fisher_matches_per_sample_brute_force(setup):
+    model, images, labels = setup
+    result = temporal_fisher(model, (images, labels), 6, per_layer=True, batch_size=4)
+    expected, expected_blocks = brute_force(model, images, labels)
+    assert expected.min() > 0
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    assert set(result.per_layer) == set(expected_blocks)
+    for block, values in expected_blocks.items():
+        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
+    assert result.centroid == pytest.approx(information_centroid(expected), rel=1e-5)
+
+
+def test_model_label_fisher_matches_brute_force_with_the_same_draws(setup):
+    model, images, labels = setup
+    result = temporal_fisher(model, (images, labels), 6, labels="model", batch_size=6, seed=7)
+    noise = gumbel_noise(6, STEPS, 5, tf.constant([7, 0], tf.int64))
+    drawn = sample_model_labels(model(images, training=False), noise).numpy()
+    assert len(np.unique(drawn)) > 1
+    expected, _ = brute_force(model, images, drawn)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+
+
+def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
+    rng = np.random.default_rng(2)
+    images = rng.random((3, 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 5, 3).astype(np.int32)
+    for arch in ("alexnet", "vgg16"):
+        model = active_model(arch, (32, 32, 3))
+        result = temporal_fisher(model, (images, labels), 3, batch_size=3)
+        np.testing.assert_allclose(result.values, brute_force(model, images, labels)[0],
+                                   rtol=1e-4)
+
+
+def test_batch_mean_approximation_is_the_reference_formula(setup):
+    model, images, labels = setup
+    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3)
+    expected = np.zeros(STEPS)
+    for start in (0, 3):
+        for t in range(STEPS):
+            with tf.GradientTape() as tape:
+                losses = per_timestep_losses(model(images[start:start + 3], training=False),
+                                             labels[start:start + 3])
+                loss = tf.reduce_mean(losses[:, t])
+            expected[t] += sum(float(tf.reduce_sum(g ** 2))
+                               for g in tape.gradient(loss, model.trainable_variables))
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+
+
+def test_information_centroid_hand_cases():
+    assert information_centroid([5.0, 0, 0, 0]) == 1.0
+    assert information_centroid([2.0] * 6) == pytest.approx(3.5)
+    assert information_centroid([0, 0, 1.0]) == 3.0
+    assert information_centroid([1.0, 3.0]) == pytest.approx(1.75)
+
+
+def test_bad_input_is_refused(setup):
+    model, images, labels = setup
+    with pytest.raises(UserError, match="at least 2 timesteps"):
+        temporal_fisher(with_timesteps(model, 1), (images, labels), 2)
+    with pytest.raises(UserError, match="exceeds the 6 samples"):
+        temporal_fisher(model, (images, labels), 7)
+    with pytest.raises(UserError, match="no samples"):
+        temporal_fisher(model, (images[:0], labels[:0]), 1)
+    with pytest.raises(UserError, match="empty dataset"):
+        temporal_fisher(model, tf.data.Dataset.from_tensor_slices((images, labels)).take(0)
+                        .batch(2), 1)
+    with pytest.raises(UserError, match="labels must be one of"):
+        temporal_fisher(model, (images, labels), 2, labels="true")

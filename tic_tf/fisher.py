@@ -1,0 +1,317 @@
+"""Temporal Fisher information of a spiking network (PAPER.md section 2, Eq. 5-7).
+
+`temporal_fisher` computes, for every t = 1..T,
+
+    I_t = (1/N) sum_n || grad_theta log f(y_n | x_n, timesteps <= t) ||^2,
+
+the squared norm of each sample's own gradient (Eq. 6), exactly, from one forward pass.
+
+How: every parameter lives in a Conv2D, Dense or BatchNormalization layer. For such a layer,
+the gradient of one sample's loss is a sum over that sample's positions (pixels and timesteps)
+of (layer input) x (gradient at the layer output). One forward pass records each layer's
+input; for each t one backward pass gives the output gradients of the loss L_t of every sample
+at once (samples are independent with batch-norm in inference mode); the per-sample weight
+gradients then follow from a batched matrix product, or, where cheaper, from the Gram-matrix
+identity ||X^T D||^2 = sum((X X^T) * (D D^T)). No Python loop over samples, no per-sample
+forward pass, and no reliance on pfor (which loops for per-example convolution gradients).
+"""
+import dataclasses
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tic_tf.errors import UserError
+from tic_tf.models import TimeFolded, timesteps_of
+
+LABEL_MODES = ("data", "model")
+METHODS = ("exact", "batch_mean")
+_BLOCK = re.compile(r"^(stage\d+_block\d+|features\d+|fc\d+|stem|classifier)")
+
+
+def accumulated_logits(logits_per_timestep):
+    """Mean of the logits over timesteps 1..t, for every t: `[batch, T, classes]`."""
+    steps = tf.cast(tf.range(1, tf.shape(logits_per_timestep)[1] + 1), logits_per_timestep.dtype)
+    return tf.cumsum(logits_per_timestep, axis=1) / steps[None, :, None]
+
+
+def per_timestep_losses(logits_per_timestep, labels):
+    """L_t for every sample and t: cross-entropy of the accumulated logits, `[batch, T]`.
+
+    `labels` is `[batch]` (the same label at every t) or `[batch, T]`.
+    """
+    logits = accumulated_logits(logits_per_timestep)
+    labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank == 1:
+        labels = tf.repeat(labels[:, None], tf.shape(logits)[1], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def gumbel_noise(batch, steps, classes, seed):
+    """Noise for `sample_model_labels`, drawn eagerly: XLA's stateless RNG gives other draws."""
+    uniform = tf.random.stateless_uniform([batch, steps, classes], seed, minval=1e-20,
+                                          maxval=1.0)
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def sample_model_labels(logits_per_timestep, noise):
+    """Labels drawn from the model's own posterior f(y | x, <= t), one per sample and t (Eq. 5).
+
+    Gumbel-max sampling with `noise` from `gumbel_noise`: argmax(logits + noise) is exactly a
+    draw from softmax(logits).
+    """
+    return tf.argmax(accumulated_logits(logits_per_timestep) + noise, axis=-1,
+                     output_type=tf.int32)
+
+
+def information_centroid(values):
+    """Eq. 7: IC = sum_t t * I_t / sum_t I_t, with t counted from 1."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError("information_centroid needs a 1-D sequence of I_t values.")
+    total = values.sum()
+    if not total > 0:
+        raise ValueError("information_centroid needs a positive total Fisher information.")
+    return float(np.sum(np.arange(1, len(values) + 1) * values) / total)
+
+
+@dataclasses.dataclass
+class FisherResult:
+    """I_t for t = 1..T, its information centroid, and optionally I_t per block."""
+    values: np.ndarray
+    centroid: float
+    per_layer: dict
+    num_samples: int
+    labels: str
+    method: str
+
+    def to_json(self):
+        return {"fisher": self.values.tolist(), "centroid": self.centroid,
+                "per_layer": {k: v.tolist() for k, v in self.per_layer.items()},
+                "num_samples": self.num_samples, "labels": self.labels, "method": self.method}
+
+
+def block_of(layer_name):
+    """The block (Fig. 3 granularity) a layer belongs to, e.g. 'stage2_block1' or 'stem'."""
+    match = _BLOCK.match(layer_name)
+    return match.group(1) if match else layer_name
+
+
+@dataclasses.dataclass
+class _ParamLayer:
+    layer: keras.layers.Layer   # the Conv2D / Dense / BatchNormalization itself
+    node: keras.layers.Layer    # the layer in the model graph (maybe a TimeFolded wrapper)
+    block: int                  # index into the list of block names
+
+
+def _parameter_layers(model):
+    layers, blocks = [], []
+    for node in model.layers:
+        if not node.trainable_weights:
+            continue
+        inner = node.layer if isinstance(node, TimeFolded) else node
+        if not isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense,
+                                  keras.layers.BatchNormalization)):
+            raise UserError(f"temporal_fisher cannot handle layer {node.name} "
+                            f"({type(inner).__name__}); it supports Conv2D, Dense and "
+                            "BatchNormalization parameters.")
+        block = block_of(inner.name)
+        if block not in blocks:
+            blocks.append(block)
+        layers.append(_ParamLayer(inner, node, blocks.index(block)))
+    return layers, blocks
+
+
+def _sample_major(tensor):
+    """`[batch, ..., channels]` -> `[batch, positions, channels]` (positions known statically)."""
+    positions = int(np.prod(tensor.shape[1:-1]))
+    return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
+
+
+def _squared_norm_of_products(inputs, deltas):
+    """Per sample n: ||inputs_n^T deltas_n||_F^2 for `[n, P, a]` and `[n, P, b]`."""
+    positions, a, b = inputs.shape[1], inputs.shape[2], deltas.shape[2]
+    if positions * positions * (a + b) < positions * a * b:  # Gram route is cheaper
+        gram_in = tf.matmul(inputs, inputs, transpose_b=True)
+        gram_out = tf.matmul(deltas, deltas, transpose_b=True)
+        return tf.reduce_sum(gram_in * gram_out, axis=[1, 2])
+    return tf.reduce_sum(tf.square(tf.matmul(inputs, deltas, transpose_a=True)), axis=[1, 2])
+
+
+def _per_sample_sq_norm(spec, layer_input, delta):
+    """Squared norm of each sample's gradient w.r.t. this layer's parameters: `[batch]`."""
+    layer, batch = spec.layer, tf.shape(delta)[0]
+    delta_rows = _sample_major(delta)
+    total = tf.zeros([batch], delta.dtype)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
+        normalised = _sample_major((layer_input - layer.moving_mean) * scale)
+        if layer.scale:
+            total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows * normalised, 1)), 1)
+        if layer.center:
+            total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows, 1)), 1)
+        return total
+    if isinstance(layer, keras.layers.Conv2D):
+        images = tf.reshape(layer_input, [-1, *layer_input.shape[-3:]])
+        kernel = layer.kernel_size
+        patches = tf.image.extract_patches(
+            images, sizes=[1, *kernel, 1], strides=[1, *layer.strides, 1],
+            rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
+        positions = int(np.prod(layer_input.shape[1:-3])) * patches.shape[1] * patches.shape[2]
+        inputs = tf.reshape(patches, [-1, positions, patches.shape[-1]])
+    else:
+        inputs = _sample_major(layer_input)
+    total += _squared_norm_of_products(inputs, delta_rows)
+    if layer.use_bias:
+        total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows, 1)), 1)
+    return total
+
+
+class _ExactFisher:
+    """Compiled per-batch computation of sum_n ||grad L_t(x_n)||^2, per block and t."""
+
+    def __init__(self, model, labels, jit_compile):
+        self.layers, self.blocks = _parameter_layers(model)
+        covered = sum(len(spec.layer.trainable_weights) for spec in self.layers)
+        assert covered == len(model.trainable_weights)
+        self.model = model
+        self.labels = labels
+        self.steps = timesteps_of(model)
+        self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
+
+    def _forward(self, images):
+        """Inference-mode logits, plus each parameter layer's input and output tensors.
+
+        The outputs must be the very tensors the rest of the network consumes, so that
+        gradients reach them; a probe model's extra outputs are copies, so walk the graph.
+        """
+        nodes = {id(spec.node): i for i, spec in enumerate(self.layers)}
+        inputs, outputs = [None] * len(self.layers), [None] * len(self.layers)
+
+        def recording(operation):
+            def call(*args, **kwargs):
+                if "training" in getattr(operation, "_call_context_args", {}):
+                    kwargs["training"] = False
+                result = operation(*args, **kwargs)
+                if id(operation) in nodes:
+                    inputs[nodes[id(operation)]], outputs[nodes[id(operation)]] = args[0], result
+                return result
+            return call
+
+        logits = self.model._run_through_graph([images], operation_fn=recording)
+        return logits, inputs, outputs
+
+    def _batch_sums(self, images, labels, noise):
+        with tf.GradientTape(persistent=True) as tape:
+            logits, inputs, outputs = self._forward(images)
+            if self.labels == "model":
+                labels = tf.stop_gradient(sample_model_labels(logits, noise))
+            # Summed over samples: samples are independent, so the gradient at each sample's
+            # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
+            loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
+        sums = []
+        for loss in loss_per_t:
+            deltas = tape.gradient(loss, outputs,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            per_block = [0.0] * len(self.blocks)
+            for spec, layer_input, delta in zip(self.layers, inputs, deltas):
+                per_block[spec.block] += tf.reduce_sum(
+                    _per_sample_sq_norm(spec, layer_input, delta))
+            sums.append(tf.stack(per_block))
+        return tf.stack(sums, axis=1)  # [blocks, T]
+
+
+def _batch_mean_fisher(model, images, labels, batch_size, jit_compile):
+    """The reference code's approximation: sum over batches of ||grad of the batch-mean L_t||^2."""
+    steps = timesteps_of(model)
+
+    @tf.function(jit_compile=jit_compile)
+    def batch_values(x, y):
+        with tf.GradientTape(persistent=True) as tape:
+            losses = tf.unstack(
+                tf.reduce_mean(per_timestep_losses(model(x, training=False), y), axis=0))
+        return tf.stack([tf.add_n([tf.reduce_sum(tf.square(g)) for g in
+                                   tape.gradient(loss, model.trainable_variables)])
+                         for loss in losses])
+
+    total = np.zeros(steps)
+    for start in range(0, len(images), batch_size):
+        total += batch_values(images[start:start + batch_size],
+                              labels[start:start + batch_size]).numpy()
+    return total
+
+
+def _take_samples(data, num_samples):
+    """The first `num_samples` (images, labels) from arrays or a tf.data.Dataset of batches."""
+    if isinstance(data, tf.data.Dataset):
+        images, labels, count = [], [], 0
+        for x, y in data.as_numpy_iterator():
+            images.append(x)
+            labels.append(y)
+            count += len(x)
+            if count >= num_samples:
+                break
+        if not images:
+            raise UserError("temporal_fisher got an empty dataset.")
+        data = (np.concatenate(images), np.concatenate(labels))
+    images, labels = (np.asarray(a) for a in data)
+    if len(images) == 0:
+        raise UserError("temporal_fisher got no samples.")
+    if len(images) != len(labels):
+        raise UserError(f"temporal_fisher got {len(images)} images but {len(labels)} labels.")
+    if num_samples > len(images):
+        raise UserError(f"num_samples={num_samples} exceeds the {len(images)} samples given; "
+                        "lower num_samples or pass more data.")
+    images = images[:num_samples]
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    return images.astype(np.float32), labels[:num_samples].astype(np.int32)
+
+
+def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, batch_size=32,
+                    method="exact", seed=0, jit_compile=True):
+    """I_t for t = 1..T of a `build_model` network, its information centroid, per-block values.
+
+    data: `(images, labels)` arrays (images in [0, 1] or uint8) or a tf.data.Dataset of such
+    batches; the first `num_samples` are used. labels: "data" (empirical Fisher, Eq. 6) or
+    "model" (labels drawn from the model's prediction up to each t, Eq. 5; seeded by `seed`).
+    method: "exact" (per-sample gradients, Eq. 6) or "batch_mean", the reference code's
+    approximation: the squared gradient of the mean loss of each batch of `batch_size`
+    samples, summed over batches (so it grows with the number of batches).
+    Batch-norm runs in inference mode. per_layer adds I_t restricted to each block's parameters.
+    """
+    if labels not in LABEL_MODES:
+        raise UserError(f"labels must be one of {LABEL_MODES}, got {labels!r}.")
+    if method not in METHODS:
+        raise UserError(f"method must be one of {METHODS}, got {method!r}.")
+    if int(num_samples) < 1 or int(batch_size) < 1:
+        raise UserError("num_samples and batch_size must be positive.")
+    steps = timesteps_of(model)
+    if steps < 2:
+        raise UserError("Temporal Fisher information needs a model with at least 2 timesteps; "
+                        "this one has 1 (rebuild it with with_timesteps(model, T)).")
+    images, targets = _take_samples(data, int(num_samples))
+    classes = model.output.shape[-1]
+    if targets.min() < 0 or targets.max() >= classes:
+        raise UserError(f"Labels must lie in [0, {classes - 1}] for this model.")
+
+    if method == "batch_mean":
+        if labels != "data" or per_layer:
+            raise UserError("method='batch_mean' supports only labels='data' without per_layer.")
+        values = _batch_mean_fisher(model, images, targets, batch_size, jit_compile)
+        return FisherResult(values, information_centroid(values), {}, len(images), labels,
+                            method)
+
+    exact = _ExactFisher(model, labels, jit_compile)
+    totals = np.zeros((len(exact.blocks), steps))
+    for index, start in enumerate(range(0, len(images), batch_size)):
+        batch = images[start:start + batch_size]
+        noise = (gumbel_noise(len(batch), steps, classes, tf.constant([seed, index], tf.int64))
+                 if labels == "model" else None)
+        totals += exact.batch_sums(batch, targets[start:start + batch_size], noise).numpy()
+    totals /= len(images)
+    values = totals.sum(axis=0)
+    blocks = {name: totals[i] for i, name in enumerate(exact.blocks)} if per_layer else {}
+    return FisherResult(values, information_centroid(values), blocks, len(images), labels,
+                        method)
