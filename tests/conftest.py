@@ -33,3 +33,22 @@ def write_npz(path, train=64, test=32, shape=(32, 32, 3), classes=10, seed=0, **
 @pytest.fixture
 def tiny_npz(tmp_path):
     return write_npz(tmp_path / "tiny.npz")
+
+
+def train_args(npz, model_dir, *extra):
+    """A tiny but complete training run: ResNet19 at width 1/16, T=2, 2 epochs."""
+    return ["--dataset=cifar10", f"--data_file={npz}", "--arch=resnet19", "--width=0.0625",
+            "--timesteps=2", "--batch_size=16", "--epochs=2", "--learning_rate=0.05",
+            "--keep_checkpoints=1", "--fisher_every=1", "--fisher_samples=8", "--verbose=0",
+            f"--model_dir={model_dir}", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(npz, run directory, CompletedProcess) of one tiny training run, shared by tests."""
+    root = tmp_path_factory.mktemp("train")
+    npz = write_npz(root / "data.npz")
+    run_dir = root / "run"
+    result = run_tool("train", *train_args(npz, run_dir))
+    assert result.returncode == 0, result.stderr
+    return npz, run_dir, result

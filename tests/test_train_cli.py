@@ -7,24 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_tool, write_npz
+from conftest import run_tool, train_args, write_npz
 from tic_tf import checkpoints
-
-
-def train_args(npz, model_dir, *extra):
-    return ["--dataset=cifar10", f"--data_file={npz}", "--arch=resnet19", "--width=0.0625",
-            "--timesteps=2", "--batch_size=16", "--epochs=2", "--learning_rate=0.05",
-            "--keep_checkpoints=1", "--verbose=0", f"--model_dir={model_dir}", *extra]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    npz = write_npz(root / "data.npz")
-    run_dir = root / "run"
-    result = run_tool("train", *train_args(npz, run_dir))
-    assert result.returncode == 0, result.stderr
-    return npz, run_dir, result
 
 
 def test_run_directory_holds_every_output(trained_run):
@@ -39,6 +23,10 @@ def test_run_directory_holds_every_output(trained_run):
                 "firing_rate/stem_lif", "firing_rate/stage3_block2_lif2"):
         assert all(np.isfinite(r[key]) for r in records), key
     assert records[1]["learning_rate"] < records[0]["learning_rate"]  # cosine schedule
+    fisher = records[0]["fisher"]  # --fisher_every=1 monitoring
+    assert len(fisher["fisher"]) == 2 and 1 <= fisher["centroid"] <= 2
+    assert records[0]["fisher/centroid"] == fisher["centroid"]
+    assert "stage1_block1" in fisher["per_layer"]
     flags_json = json.loads(open(run_dir / "flags.json").read())
     assert flags_json["run_settings"]["timesteps"] == 2
     assert os.listdir(run_dir / "tensorboard")

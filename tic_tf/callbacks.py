@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tic_tf import checkpoints
+from tic_tf import checkpoints, plots
 from tic_tf.atomic import write_text
+from tic_tf.fisher import temporal_fisher
 from tic_tf.models import lif_layers
 
 
@@ -27,35 +28,78 @@ class EpochCheckpoint(keras.callbacks.Callback):
         checkpoints.remove_stale(self.directory, self.keep_epochs)
 
 
-def firing_rates(images):
-    """A probe for MetricsLogger: the mean spike rate of every LIF layer on fixed `images`."""
-    probe = {}
+class FiringRateMonitor(keras.callbacks.Callback):
+    """Adds the mean spike rate of every LIF layer on fixed `images` to the epoch's logs."""
 
-    def measure(model):
-        if "model" not in probe:
-            layers = lif_layers(model)
-            probe["names"] = [layer.name for layer in layers]
-            probe["model"] = keras.Model(model.inputs, [layer.output for layer in layers])
-        rates = probe["model"](images, training=False)
-        return {f"firing_rate/{name}": float(tf.reduce_mean(rate))
-                for name, rate in zip(probe["names"], rates)}
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+        self.probe = None
 
-    return measure
+    def on_epoch_end(self, epoch, logs=None):
+        if self.probe is None:
+            layers = lif_layers(self.model)
+            self.names = [layer.name for layer in layers]
+            self.probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
+        rates = self.probe(self.images, training=False)
+        logs.update({f"firing_rate/{name}": float(tf.reduce_mean(rate))
+                     for name, rate in zip(self.names, rates)})
+
+
+class FisherMonitor(keras.callbacks.Callback):
+    """Every `every` epochs, measures temporal Fisher information on a fixed training subset.
+
+    Adds `fisher/I_t` scalars, `fisher/centroid`, `fisher/time_s` and a `fisher` record (I_t,
+    IC, per-block values) to the logs, and draws two heat maps into TensorBoard: timestep x epoch (each
+    epoch's I_t normalised to sum 1) and block x timestep (each block normalised to its peak).
+    """
+
+    def __init__(self, images, labels, every, log_dir, batch_size=32):
+        super().__init__()
+        self.data = (images, labels)
+        self.every = every
+        self.batch_size = batch_size
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.history = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        started = time.perf_counter()
+        result = temporal_fisher(self.model, self.data, len(self.data[0]), per_layer=True,
+                                 batch_size=self.batch_size)
+        logs["fisher/time_s"] = time.perf_counter() - started
+        logs.update({f"fisher/I_{t}": float(v) for t, v in enumerate(result.values, start=1)})
+        logs["fisher/centroid"] = result.centroid
+        logs["fisher"] = result.to_json()
+        self.history[epoch + 1] = result.values / result.values.sum()
+        epochs = sorted(self.history)
+        steps = range(1, len(result.values) + 1)
+        over_epochs = plots.heatmap(np.stack([self.history[e] for e in epochs], axis=1),
+                                    list(steps), epochs, title="I_t / sum I_t",
+                                    xlabel="epoch", ylabel="timestep")
+        blocks = np.stack(list(result.per_layer.values()))
+        by_block = plots.heatmap(blocks / np.maximum(blocks.max(axis=1, keepdims=True), 1e-30),
+                                 list(result.per_layer), list(steps), xlabel="timestep",
+                                 title=f"Fisher per block, epoch {epoch + 1}")
+        with self.writer.as_default(step=epoch + 1):
+            for name, png in (("timestep_x_epoch", over_epochs), ("block_x_timestep", by_block)):
+                tf.summary.image(f"fisher/{name}", tf.image.decode_png(png)[None])
+        self.writer.flush()
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Writes every epoch's metrics to `metrics.jsonl` and to TensorBoard scalars.
+    """Writes every epoch's logs to `metrics.jsonl`, and its scalars to TensorBoard.
 
-    `probes` are functions `model -> {name: value}` measured at the end of each epoch.
-    On a resumed run, records past the resumed epoch (from the killed attempt) are dropped.
+    Put it after the callbacks that add to the logs. On a resumed run, records past the
+    resumed epoch (from the killed attempt) are dropped.
     """
 
-    def __init__(self, run_dir, start_epoch, probes=()):
+    def __init__(self, run_dir, start_epoch):
         super().__init__()
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
         self.start_epoch = start_epoch
-        self.probes = list(probes)
 
     def on_train_begin(self, logs=None):
         kept = [record for record in read_metrics(self.path)
@@ -68,15 +112,14 @@ class MetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1,
                   "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
-        record.update({key: float(value) for key, value in (logs or {}).items()})
-        for probe in self.probes:
-            record.update(probe(self.model))
+        for key, value in (logs or {}).items():
+            record[key] = value if isinstance(value, (dict, list)) else float(value)
         record["epoch_time_s"] = time.perf_counter() - self.epoch_start
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         with self.writer.as_default(step=epoch + 1):
             for key, value in record.items():
-                if key != "epoch":
+                if key != "epoch" and isinstance(value, float):
                     tf.summary.scalar(_tensorboard_name(key), value)
         self.writer.flush()
 

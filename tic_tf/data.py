@@ -158,6 +158,13 @@ def _to_unit_range(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
+def to_unit_range(images):
+    """uint8 pixel arrays as float32 in [0, 1] (float arrays pass through)."""
+    images = np.asarray(images)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(
+        np.float32)
+
+
 def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
     """Batches for epochs `start_epoch..epochs-1` and the number of steps per epoch.
 

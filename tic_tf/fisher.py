@@ -17,13 +17,16 @@ forward pass, and no reliance on pfor (which loops for per-example convolution g
 """
 import dataclasses
 import re
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tic_tf.errors import UserError
+from tic_tf.data import to_unit_range
 from tic_tf.models import TimeFolded, timesteps_of
+from tic_tf.models.graph import run_layers
 
 LABEL_MODES = ("data", "model")
 METHODS = ("exact", "batch_mean")
@@ -180,31 +183,11 @@ class _ExactFisher:
         self.steps = timesteps_of(model)
         self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
 
-    def _forward(self, images):
-        """Inference-mode logits, plus each parameter layer's input and output tensors.
-
-        The outputs must be the very tensors the rest of the network consumes, so that
-        gradients reach them; a probe model's extra outputs are copies, so walk the graph.
-        """
-        nodes = {id(spec.node): i for i, spec in enumerate(self.layers)}
-        inputs, outputs = [None] * len(self.layers), [None] * len(self.layers)
-
-        def recording(operation):
-            def call(*args, **kwargs):
-                if "training" in getattr(operation, "_call_context_args", {}):
-                    kwargs["training"] = False
-                result = operation(*args, **kwargs)
-                if id(operation) in nodes:
-                    inputs[nodes[id(operation)]], outputs[nodes[id(operation)]] = args[0], result
-                return result
-            return call
-
-        logits = self.model._run_through_graph([images], operation_fn=recording)
-        return logits, inputs, outputs
-
     def _batch_sums(self, images, labels, noise):
         with tf.GradientTape(persistent=True) as tape:
-            logits, inputs, outputs = self._forward(images)
+            logits, tensors = run_layers(self.model, images,
+                                         record=[spec.node for spec in self.layers])
+            inputs, outputs = zip(*tensors)
             if self.labels == "model":
                 labels = tf.stop_gradient(sample_model_labels(logits, noise))
             # Summed over samples: samples are independent, so the gradient at each sample's
@@ -212,7 +195,7 @@ class _ExactFisher:
             loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
         sums = []
         for loss in loss_per_t:
-            deltas = tape.gradient(loss, outputs,
+            deltas = tape.gradient(loss, list(outputs),
                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
             per_block = [0.0] * len(self.blocks)
             for spec, layer_input, delta in zip(self.layers, inputs, deltas):
@@ -222,24 +205,33 @@ class _ExactFisher:
         return tf.stack(sums, axis=1)  # [blocks, T]
 
 
-def _batch_mean_fisher(model, images, labels, batch_size, jit_compile):
+class _BatchMeanFisher:
     """The reference code's approximation: sum over batches of ||grad of the batch-mean L_t||^2."""
-    steps = timesteps_of(model)
 
-    @tf.function(jit_compile=jit_compile)
-    def batch_values(x, y):
+    def __init__(self, model, jit_compile):
+        self.model = model
+        self.batch_values = tf.function(self._batch_values, jit_compile=jit_compile)
+
+    def _batch_values(self, images, labels):
         with tf.GradientTape(persistent=True) as tape:
-            losses = tf.unstack(
-                tf.reduce_mean(per_timestep_losses(model(x, training=False), y), axis=0))
+            losses = tf.unstack(tf.reduce_mean(
+                per_timestep_losses(self.model(images, training=False), labels), axis=0))
         return tf.stack([tf.add_n([tf.reduce_sum(tf.square(g)) for g in
-                                   tape.gradient(loss, model.trainable_variables)])
+                                   tape.gradient(loss, self.model.trainable_variables)])
                          for loss in losses])
 
-    total = np.zeros(steps)
-    for start in range(0, len(images), batch_size):
-        total += batch_values(images[start:start + batch_size],
-                              labels[start:start + batch_size]).numpy()
-    return total
+
+# Compiled estimators per model, so repeated calls (monitoring, benchmarks) compile once.
+_ESTIMATORS = weakref.WeakKeyDictionary()
+
+
+def _estimator(model, method, labels, jit_compile):
+    cache = _ESTIMATORS.setdefault(model, {})
+    key = (method, labels, jit_compile)
+    if key not in cache:
+        cache[key] = (_ExactFisher(model, labels, jit_compile) if method == "exact"
+                      else _BatchMeanFisher(model, jit_compile))
+    return cache[key]
 
 
 def _take_samples(data, num_samples):
@@ -263,10 +255,7 @@ def _take_samples(data, num_samples):
     if num_samples > len(images):
         raise UserError(f"num_samples={num_samples} exceeds the {len(images)} samples given; "
                         "lower num_samples or pass more data.")
-    images = images[:num_samples]
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    return images.astype(np.float32), labels[:num_samples].astype(np.int32)
+    return to_unit_range(images[:num_samples]), labels[:num_samples].astype(np.int32)
 
 
 def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, batch_size=32,
@@ -299,11 +288,14 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
     if method == "batch_mean":
         if labels != "data" or per_layer:
             raise UserError("method='batch_mean' supports only labels='data' without per_layer.")
-        values = _batch_mean_fisher(model, images, targets, batch_size, jit_compile)
+        approximate = _estimator(model, method, labels, jit_compile)
+        values = sum(approximate.batch_values(images[start:start + batch_size],
+                                              targets[start:start + batch_size]).numpy()
+                     for start in range(0, len(images), batch_size))
         return FisherResult(values, information_centroid(values), {}, len(images), labels,
                             method)
 
-    exact = _ExactFisher(model, labels, jit_compile)
+    exact = _estimator(model, method, labels, jit_compile)
     totals = np.zeros((len(exact.blocks), steps))
     for index, start in enumerate(range(0, len(images), batch_size)):
         batch = images[start:start + batch_size]

@@ -17,8 +17,8 @@ from absl import flags
 
 from tic_tf import checkpoints, cli
 from tic_tf.atomic import write_json
-from tic_tf.callbacks import EpochCheckpoint, MetricsLogger, firing_rates
-from tic_tf.data import eval_dataset, get_spec, load_arrays, train_dataset
+from tic_tf.callbacks import EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger
+from tic_tf.data import eval_dataset, get_spec, load_arrays, to_unit_range, train_dataset
 from tic_tf.errors import UserError
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import ARCHITECTURES, build_model
@@ -46,6 +46,10 @@ flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every this man
                      lower_bound=1)
 flags.DEFINE_list("keep_checkpoints", [], "Epochs whose checkpoints are kept for later "
                   "analysis (e.g. 20,120,300); the last two are always kept. 'all' keeps all.")
+flags.DEFINE_integer("fisher_every", 0, "Measure temporal Fisher information every this many "
+                     "epochs on a fixed training subset (0: off).", lower_bound=0)
+flags.DEFINE_integer("fisher_samples", 128, "Training images used by --fisher_every.",
+                     lower_bound=1)
 flags.DEFINE_boolean("xla", True, "Compile the training step with XLA (jit_compile).")
 flags.DEFINE_boolean("export", True, "Write a SavedModel to <model_dir>/saved_model at the end.")
 flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, 1 progress bar, 2 one "
@@ -69,7 +73,7 @@ RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "de
                 "optimizer", "learning_rate", "lr_schedule", "lr_milestones", "momentum",
                 "weight_decay", "batch_size", "epochs", "seed")
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
-               "keep_checkpoints", "xla", "export", "verbose")
+               "keep_checkpoints", "fisher_every", "fisher_samples", "xla", "export", "verbose")
 
 
 def run_settings():
@@ -146,12 +150,17 @@ def main(argv):
     test_data = eval_dataset(arrays.x_test, arrays.y_test, FLAGS.batch_size)
     keep = (range(1, FLAGS.epochs + 1) if FLAGS.keep_checkpoints == ["all"]
             else [int(k) for k in FLAGS.keep_checkpoints])
-    callbacks = [
-        EpochCheckpoint(checkpoint_dir, model_config, keep),
-        MetricsLogger(run_dir, start_epoch,
-                      probes=[firing_rates(arrays.x_test[:64].astype("float32") / 255.0)]),
-    ]
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    # The progress bar goes first so that it prints before monitors add their values to logs.
+    callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
+    callbacks.append(FiringRateMonitor(to_unit_range(arrays.x_test[:64])))
+    if FLAGS.fisher_every:
+        count = min(FLAGS.fisher_samples, len(arrays.x_train))
+        callbacks.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),
+                                       arrays.y_train[:count], FLAGS.fisher_every,
+                                       os.path.join(run_dir, "tensorboard")))
+    callbacks += [EpochCheckpoint(checkpoint_dir, model_config, keep),
+                  MetricsLogger(run_dir, start_epoch)]
     if start_epoch < FLAGS.epochs:
         train_data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
                                       FLAGS.seed, start_epoch, FLAGS.epochs)

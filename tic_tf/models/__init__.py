@@ -1,6 +1,8 @@
 """Spiking architectures and `build_model`, which maps images to per-timestep logits."""
 import keras
+import tensorflow as tf
 
+from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
 from tic_tf.models.plain import alexnet, vgg16
 from tic_tf.models.resnet import resnet19, resnet34
@@ -59,6 +61,21 @@ def with_timesteps(model, timesteps):
     return clone
 
 
+def run_on_frames(model, frames):
+    """Logits of a `build_model` network fed a different image at each timestep.
+
+    frames: `[batch, T, H, W, C]` in [0, 1]. The stem (normalisation, first conv + BN) runs on
+    every frame instead of once; with identical frames this equals `model(images)` in
+    inference mode. Used for inputs perturbed only during some timesteps.
+    """
+    steps = frames.shape[1]
+    repeat = next(layer for layer in model.layers if isinstance(layer, RepeatOverTime))
+    folded = tf.reshape(frames, [-1, *frames.shape[2:]])
+    unfold = lambda stem: tf.reshape(stem, [-1, steps, *stem.shape[1:]])  # noqa: E731
+    logits, _ = run_layers(model, folded, substitute={repeat: unfold})
+    return logits
+
+
 def timesteps_of(model):
     """The number of timesteps a `build_model` network runs for."""
     return int(model.output.shape[1])
@@ -70,4 +87,5 @@ def lif_layers(model):
 
 
 __all__ = ["ARCHITECTURES", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
+           "run_on_frames",
            "RepeatOverTime", "TimeFolded"]

@@ -1,0 +1,49 @@
+"""The analysis command: Fisher curves, centroids, heat maps and window deficits."""
+import json
+import os
+
+import pytest
+
+from conftest import run_tool, write_npz
+
+
+def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
+    npz, run_dir, _ = trained_run
+    out = tmp_path / "analysis"
+    result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
+                      f"--data_file={npz}", "--num_samples=8", "--batch_size=4",
+                      "--analyses=fisher,windows", "--window=1", "--eval_samples=16")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == ["centroid.png", "fisher.json", "fisher_curves.png",
+                                       "layer_heatmap.png", "window_deficits.png",
+                                       "windows.json"]
+    fisher = json.loads((out / "fisher.json").read_text())
+    assert [row["epoch"] for row in fisher["checkpoints"]] == [1, 2]
+    for row in fisher["checkpoints"]:
+        assert len(row["fisher"]) == 2 and 1 <= row["centroid"] <= 2
+        total = sum(sum(v) for v in row["per_layer"].values())
+        assert total == pytest.approx(sum(row["fisher"]), rel=1e-4)  # blocks partition theta
+    windows = json.loads((out / "windows.json").read_text())["checkpoints"][-1]
+    assert windows["starts"] == [1, 2] and len(windows["accuracy"]) == 2
+    assert windows["relative_to_last"] is None or windows["relative_to_last"][-1] == 1.0
+    assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in os.listdir(out)
+               if name.endswith(".png"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num_samples=1000"], "exceeds the 64 samples"),
+    (["--timesteps=1"], "at least 2 timesteps"),
+    (["--analyses=windows", "--window=5"], "lies outside [1, 2]"),
+    (["--dataset=cifar100"], "pass the dataset the model was trained on"),
+    (["--checkpoints=/nonexistent"], "does not exist"),
+])
+def test_bad_analysis_input_fails_cleanly(trained_run, tmp_path, args, message):
+    npz, run_dir, _ = trained_run
+    if any(a.startswith("--dataset=cifar100") for a in args):
+        npz = write_npz(tmp_path / "c100.npz", classes=100)
+    out = tmp_path / "analysis"
+    result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
+                      f"--data_file={npz}", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

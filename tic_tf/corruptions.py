@@ -1,0 +1,46 @@
+"""Input corruptions in [0, 1] pixel space: Gaussian noise, blur, and time-windowed noise."""
+import tensorflow as tf
+
+from tic_tf.errors import UserError
+
+
+def gaussian_noise(images, fraction=0.5, seed=(0, 0)):
+    """Add Gaussian noise whose l2 norm is `fraction` of each image's l2 norm.
+
+    The noise direction is Gaussian and its norm is set exactly; pixels are not clipped, so
+    the relative norm holds (the models accept any real input).
+    """
+    if fraction < 0:
+        raise UserError(f"noise fraction must be >= 0, got {fraction}.")
+    images = tf.convert_to_tensor(images, tf.float32)
+    noise = tf.random.stateless_normal(tf.shape(images), seed)
+    axes = list(range(1, images.shape.rank))
+    scale = fraction * tf.norm(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1) / (
+        tf.norm(tf.reshape(noise, [tf.shape(noise)[0], -1]), axis=1) + 1e-12)
+    return images + noise * tf.reshape(scale, [-1] + [1] * len(axes))
+
+
+def blur(images, size=16):
+    """Downsample to `size` x `size` and upsample back, both bilinear."""
+    if size < 1:
+        raise UserError(f"blur size must be >= 1, got {size}.")
+    images = tf.convert_to_tensor(images, tf.float32)
+    height, width = images.shape[1:3]
+    small = tf.image.resize(images, [size, size], method="bilinear", antialias=False)
+    return tf.image.resize(small, [height, width], method="bilinear")
+
+
+def check_window(start, window, steps):
+    """A window of timesteps [start, start + window - 1], counted from 1, must lie in [1, T]."""
+    if window < 1 or start < 1 or start + window - 1 > steps:
+        raise UserError(f"timestep window [{start}, {start + window - 1}] lies outside "
+                        f"[1, {steps}]; choose start >= 1, window >= 1, start + window - 1 <= T.")
+
+
+def windowed_frames(clean, corrupted, steps, start, window):
+    """Frames `[batch, T, ...]`: `corrupted` during timesteps [start, start+window-1], else clean."""
+    check_window(start, window, steps)
+    inside = tf.reshape(tf.cast((tf.range(1, steps + 1) >= start)
+                                & (tf.range(1, steps + 1) < start + window), clean.dtype),
+                        [1, steps] + [1] * (clean.shape.rank - 1))
+    return clean[:, None] * (1 - inside) + corrupted[:, None] * inside

@@ -1,0 +1,75 @@
+"""PNG plots of Fisher curves, centroids, heat maps and window deficits (matplotlib, Agg)."""
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from tic_tf.atomic import partial_path  # noqa: E402
+
+
+def _save(figure, path):
+    """Write the figure as PNG at `path` atomically; returns the PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    data = buffer.getvalue()
+    if path is not None:
+        partial = partial_path(path)
+        with open(partial, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, path)
+    return data
+
+
+def fisher_curves(curves, path=None, title="Temporal Fisher information"):
+    """I_t against t, one line per label in `curves` ({label: values})."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, values in curves.items():
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o", label=str(label))
+    axis.set_xticks(range(1, max(len(v) for v in curves.values()) + 1))
+    axis.set_xlabel("timestep t")
+    axis.set_ylabel("I_t")
+    axis.set_title(title)
+    axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def centroids(epochs, values, path=None):
+    """Information centroid against training epoch."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    axis.plot(epochs, values, marker="o")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("information centroid")
+    axis.set_title("Information centroid during training")
+    return _save(figure, path)
+
+
+def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", ylabel=""):
+    """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
+    matrix = np.asarray(matrix, dtype=float)
+    figure, axis = plt.subplots(figsize=(1.5 + 0.45 * len(column_labels),
+                                         1.2 + 0.3 * len(row_labels)))
+    image = axis.imshow(matrix, aspect="auto", cmap="viridis")
+    axis.set_xticks(range(len(column_labels)), [str(c) for c in column_labels])
+    axis.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize="small")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis)
+    return _save(figure, path)
+
+
+def window_deficits(starts, values, path=None, window=3, relative=True):
+    """Accuracy (relative to the last window's) with noise in timesteps [t, t+window-1]."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    axis.bar([str(t) for t in starts], values)
+    if relative:
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_xlabel(f"first noisy timestep t (window of {window})")
+    axis.set_ylabel("accuracy / accuracy of last window" if relative else "accuracy")
+    axis.set_title("Time-window deficits")
+    return _save(figure, path)
