@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tic_tf.fisher import per_timestep_losses, temporal_fisher
+from tic_tf.fisher import temporal_fisher
+from tic_tf.losses import per_timestep_losses
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import build_model
 

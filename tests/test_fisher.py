@@ -3,8 +3,9 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.errors import UserError
-from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, per_timestep_losses,
-                           sample_model_labels, temporal_fisher)
+from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, sample_model_labels,
+                           temporal_fisher)
+from tic_tf.losses import per_timestep_losses
 from tic_tf.models import build_model, with_timesteps
 
 STEPS = 3

@@ -78,3 +78,21 @@ def test_lif_config_round_trip():
     layer = LIF(tau=0.75, threshold=0.5, detach_reset=False, name="n")
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert (clone.cell.tau, clone.cell.threshold, clone.cell.detach_reset) == (0.75, 0.5, False)
+
+
+def test_surrogate_sharpness_changes_only_the_backward_pass():
+    from tic_tf.neurons import surrogate_sharpness
+
+    x = tf.constant([-0.5, 0.0, 0.25])
+    with surrogate_sharpness(2 * math.pi):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = spike(x)
+        sharp = tape.gradient(y, x).numpy()
+    np.testing.assert_array_equal(y.numpy(), [0, 1, 1])
+    np.testing.assert_allclose(sharp, 2.0 / (1.0 + (2 * math.pi * x.numpy()) ** 2), rtol=1e-6)
+    with tf.GradientTape() as tape:  # the default is restored after the block
+        tape.watch(x)
+        y = spike(x)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(),
+                               1.0 / (1.0 + (math.pi * x.numpy()) ** 2), rtol=1e-6)

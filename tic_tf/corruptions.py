@@ -40,6 +40,8 @@ def check_window(start, window, steps):
 def windowed_frames(clean, corrupted, steps, start, window):
     """Frames `[batch, T, ...]`: `corrupted` during timesteps [start, start+window-1], else clean."""
     check_window(start, window, steps)
+    clean = tf.convert_to_tensor(clean, tf.float32)
+    corrupted = tf.convert_to_tensor(corrupted, tf.float32)
     inside = tf.reshape(tf.cast((tf.range(1, steps + 1) >= start)
                                 & (tf.range(1, steps + 1) < start + window), clean.dtype),
                         [1, steps] + [1] * (clean.shape.rank - 1))

@@ -17,38 +17,21 @@ forward pass, and no reliance on pfor (which loops for per-example convolution g
 """
 import dataclasses
 import re
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tic_tf.errors import UserError
+from tic_tf.compiled import cached
 from tic_tf.data import to_unit_range
+from tic_tf.errors import UserError
+from tic_tf.losses import accumulated_logits, per_timestep_losses
 from tic_tf.models import TimeFolded, timesteps_of
 from tic_tf.models.graph import run_layers
 
 LABEL_MODES = ("data", "model")
 METHODS = ("exact", "batch_mean")
 _BLOCK = re.compile(r"^(stage\d+_block\d+|features\d+|fc\d+|stem|classifier)")
-
-
-def accumulated_logits(logits_per_timestep):
-    """Mean of the logits over timesteps 1..t, for every t: `[batch, T, classes]`."""
-    steps = tf.cast(tf.range(1, tf.shape(logits_per_timestep)[1] + 1), logits_per_timestep.dtype)
-    return tf.cumsum(logits_per_timestep, axis=1) / steps[None, :, None]
-
-
-def per_timestep_losses(logits_per_timestep, labels):
-    """L_t for every sample and t: cross-entropy of the accumulated logits, `[batch, T]`.
-
-    `labels` is `[batch]` (the same label at every t) or `[batch, T]`.
-    """
-    logits = accumulated_logits(logits_per_timestep)
-    labels = tf.cast(labels, tf.int32)
-    if labels.shape.rank == 1:
-        labels = tf.repeat(labels[:, None], tf.shape(logits)[1], axis=1)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
 def gumbel_noise(batch, steps, classes, seed):
@@ -221,17 +204,11 @@ class _BatchMeanFisher:
                          for loss in losses])
 
 
-# Compiled estimators per model, so repeated calls (monitoring, benchmarks) compile once.
-_ESTIMATORS = weakref.WeakKeyDictionary()
-
-
 def _estimator(model, method, labels, jit_compile):
-    cache = _ESTIMATORS.setdefault(model, {})
-    key = (method, labels, jit_compile)
-    if key not in cache:
-        cache[key] = (_ExactFisher(model, labels, jit_compile) if method == "exact"
-                      else _BatchMeanFisher(model, jit_compile))
-    return cache[key]
+    """Compiled once per model and settings (monitoring and benchmarks call repeatedly)."""
+    return cached(model, ("fisher", method, labels, jit_compile),
+                  lambda: _ExactFisher(model, labels, jit_compile) if method == "exact"
+                  else _BatchMeanFisher(model, jit_compile))
 
 
 def _take_samples(data, num_samples):

@@ -3,6 +3,24 @@ import keras
 import tensorflow as tf
 
 
+def accumulated_logits(logits_per_timestep):
+    """Mean of the logits over timesteps 1..t, for every t: `[batch, T, classes]`."""
+    steps = tf.cast(tf.range(1, tf.shape(logits_per_timestep)[1] + 1), logits_per_timestep.dtype)
+    return tf.cumsum(logits_per_timestep, axis=1) / steps[None, :, None]
+
+
+def per_timestep_losses(logits_per_timestep, labels):
+    """L_t for every sample and t: cross-entropy of the accumulated logits, `[batch, T]`.
+
+    `labels` is `[batch]` (the same label at every t) or `[batch, T]`.
+    """
+    logits = accumulated_logits(logits_per_timestep)
+    labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank == 1:
+        labels = tf.repeat(labels[:, None], tf.shape(logits)[1], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
 def mean_logits(logits_per_timestep):
     """The prediction of a spiking network: the mean of its per-timestep logits."""
     return tf.reduce_mean(logits_per_timestep, axis=1)
@@ -27,3 +45,34 @@ def mean_logit_accuracy(y_true, y_pred):
 
 def accuracy_metric():
     return keras.metrics.MeanMetricWrapper(mean_logit_accuracy, name="accuracy")
+
+
+def alpha_loss(logits_per_timestep, labels, alpha):
+    """Eq. 9-10: (1/T) sum_t |L_t - alpha|, L_t the batch-mean cross-entropy of the logits
+    accumulated over timesteps 1..t. Below alpha the gradient of a term flips sign (ascent),
+    which keeps the Fisher information of every timestep small when alpha is small.
+    """
+    per_t = tf.reduce_mean(per_timestep_losses(logits_per_timestep, labels), axis=0)
+    return tf.reduce_mean(tf.abs(per_t - alpha))
+
+
+@keras.saving.register_keras_serializable(package="tic_tf")
+class AlphaLoss(keras.losses.Loss):
+    """`alpha_loss` as a Keras loss (a scalar per batch)."""
+
+    def __init__(self, alpha, name="alpha_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.alpha = float(alpha)
+
+    def call(self, y_true, y_pred):
+        return alpha_loss(y_pred, y_true, self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+def per_timestep_loss_metrics(timesteps):
+    """Metrics `loss_t1..loss_tT`: the mean L_t over an epoch, for TensorBoard."""
+    return [keras.metrics.MeanMetricWrapper(
+        lambda y, p, t=t: per_timestep_losses(p, y)[:, t], name=f"loss_t{t + 1}")
+        for t in range(timesteps)]

@@ -1,18 +1,43 @@
 """Leaky integrate-and-fire neurons with an arctan surrogate gradient (PAPER.md Eq. 1)."""
+import contextlib
 import math
 
 import keras
 import tensorflow as tf
 
+# Sharpness a of the surrogate arctan(a*x)/pi + 1/2; the paper's a = pi gives 1/(1+(pi*x)^2).
+DEFAULT_SHARPNESS = math.pi
+_sharpness = [DEFAULT_SHARPNESS]
 
-@tf.custom_gradient
+
 def spike(x):
-    """Heaviside step forward; derivative of arctan(pi*x)/pi + 1/2 backward."""
+    """Heaviside step forward; derivative of arctan(a*x)/pi + 1/2 backward (a = pi).
 
-    def grad(upstream):
-        return upstream / (1.0 + tf.square(math.pi * x))
+    The backward pass is (a/pi) / (1 + (a*x)^2); `surrogate_sharpness` changes a while
+    graphs are traced, e.g. to attack a model through another surrogate than it trained with.
+    """
+    sharpness = _sharpness[-1]
 
-    return tf.cast(x >= 0.0, x.dtype), grad
+    @tf.custom_gradient
+    def heaviside(x):
+        def grad(upstream):
+            return upstream * (sharpness / math.pi) / (1.0 + tf.square(sharpness * x))
+
+        return tf.cast(x >= 0.0, x.dtype), grad
+
+    return heaviside(x)
+
+
+@contextlib.contextmanager
+def surrogate_sharpness(sharpness):
+    """Within the block, spikes traced (or run eagerly) use surrogate sharpness `sharpness`."""
+    if not sharpness > 0:
+        raise ValueError(f"surrogate sharpness must be positive, got {sharpness}.")
+    _sharpness.append(float(sharpness))
+    try:
+        yield
+    finally:
+        _sharpness.pop()
 
 
 def _check_neuron_args(tau, threshold):

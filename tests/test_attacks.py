@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+
+from tic_tf.attacks import attacked_logits, fgsm, pgd
+from tic_tf.errors import UserError
+from tic_tf.losses import MeanLogitCrossEntropy, mean_logits
+from tic_tf.models import build_model
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny ResNet19 (T=3) trained to tell left-bright from right-bright images."""
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 192).astype(np.int32)
+    images = rng.random((192, 28, 28, 1), dtype=np.float32) * 0.3
+    images[labels == 1, :, :14] += 0.5
+    images[labels == 0, :, 14:] += 0.5
+    model = build_model("resnet19", 2, 3, (28, 28, 1), width=1 / 16)
+    model.compile(keras.optimizers.Adam(1e-2), MeanLogitCrossEntropy())
+    model.fit(images, labels, batch_size=32, epochs=6, verbose=0)
+    return model, images[:64], labels[:64]
+
+
+def accuracy(model, adversarial, clean, labels, window=None):
+    logits = attacked_logits(model, adversarial, clean, window)
+    return float(np.mean(np.argmax(mean_logits(logits).numpy(), -1) == labels))
+
+
+def test_attacks_stay_in_the_eps_ball_and_the_unit_cube(trained):
+    model, images, labels = trained
+    for adversarial in (fgsm(model, images, labels, EPS),
+                        pgd(model, images, labels, EPS, 2 / 255, 5, random_start=True)):
+        adversarial = adversarial.numpy()
+        assert np.abs(adversarial - images).max() <= EPS + 1e-6
+        assert adversarial.min() >= 0 and adversarial.max() <= 1
+        assert np.abs(adversarial - images).max() > EPS / 2  # it did move
+
+
+def test_pgd_hurts_at_least_as_much_as_fgsm(trained):
+    model, images, labels = trained
+    eps = 0.25
+    clean = accuracy(model, images, images, labels)
+    after_fgsm = accuracy(model, fgsm(model, images, labels, eps), images, labels)
+    after_pgd = accuracy(model, pgd(model, images, labels, eps, eps / 4, 10), images, labels)
+    assert clean > 0.9
+    assert after_pgd <= after_fgsm < clean
+
+
+def test_windowed_attack_leaves_other_timesteps_untouched(trained):
+    from tic_tf.corruptions import windowed_frames
+
+    model, images, labels = trained
+    adversarial = pgd(model, images, labels, 0.2, 0.05, 5, window=(2, 1))
+    frames = windowed_frames(images, adversarial, 3, 2, 1).numpy()
+    np.testing.assert_array_equal(frames[:, 0], images)
+    np.testing.assert_array_equal(frames[:, 2], images)
+    assert np.abs(frames[:, 1] - images).max() > 0.1
+    # The window attack optimised for its own timestep beats the full attack's frames there.
+    assert accuracy(model, adversarial, images, labels, window=(2, 1)) < 1.0
+
+
+def test_surrogate_choice_changes_the_attack_gradient(trained):
+    model, images, labels = trained
+    default = pgd(model, images, labels, 0.2, 0.05, 3).numpy()
+    wide = pgd(model, images, labels, 0.2, 0.05, 3, surrogate=1.0).numpy()
+    assert not np.array_equal(default, wide)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=-0.1), "eps must be >= 0"),
+    (dict(window=(0, 1)), "outside"),
+    (dict(window=(3, 2)), "outside"),
+    (dict(iterations=0), "iterations must be >= 1"),
+])
+def test_bad_attack_arguments(trained, kwargs, message):
+    model, images, labels = trained
+    with pytest.raises(UserError, match=message):
+        pgd(model, images[:2], labels[:2], **kwargs)

@@ -1,0 +1,91 @@
+"""FGSM and PGD in [0, 1] pixel space, through time, optionally only during some timesteps.
+
+Gradients flow through every timestep via the surrogate, with batch-norm in inference mode and
+normalisation inside the model. Beyond the paper:
+- `window=(start, width)` perturbs the input only during timesteps [start, start+width-1]
+  (1-based); the other timesteps see the clean image.
+- `surrogate=a` takes the attack's gradient through the arctan surrogate of sharpness a
+  instead of the trained one (pi), to tell real robustness from vanishing surrogate
+  gradients (gradient obfuscation).
+"""
+import numpy as np
+import tensorflow as tf
+
+from tic_tf.compiled import cached
+from tic_tf.corruptions import check_window, windowed_frames
+from tic_tf.errors import UserError
+from tic_tf.losses import mean_logits
+from tic_tf.models import run_on_frames, timesteps_of
+from tic_tf.neurons import DEFAULT_SHARPNESS, surrogate_sharpness
+
+
+def attacked_logits(model, adversarial, clean, window=None):
+    """Per-timestep logits when `adversarial` replaces `clean` during `window` (or always)."""
+    if window is None:
+        return model(adversarial, training=False)
+    steps = timesteps_of(model)
+    return run_on_frames(model, windowed_frames(clean, adversarial, steps, *window))
+
+
+def _loss_gradient(model, window):
+    def gradient(adversarial, clean, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(adversarial)
+            logits = mean_logits(attacked_logits(model, adversarial, clean, window))
+            # Summed, not averaged: each image's step must not shrink with the batch size.
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return tape.gradient(loss, adversarial)
+    return gradient
+
+
+def _pgd_program(model, window, iterations, random_start):
+    gradient = _loss_gradient(model, window)
+
+    def attack(clean, labels, eps, step_size, seed):
+        adversarial = clean
+        if random_start:
+            adversarial = clean + tf.random.stateless_uniform(tf.shape(clean), seed, -eps, eps)
+            adversarial = tf.clip_by_value(adversarial, 0.0, 1.0)
+        for _ in range(iterations):  # unrolled: XLA compiles the whole attack as one program
+            adversarial = adversarial + step_size * tf.sign(gradient(adversarial, clean, labels))
+            adversarial = tf.clip_by_value(adversarial, clean - eps, clean + eps)
+            adversarial = tf.clip_by_value(adversarial, 0.0, 1.0)
+        return adversarial
+    return attack
+
+
+def _validate(model, eps, step_size, iterations, window):
+    if not eps >= 0:
+        raise UserError(f"eps must be >= 0 (an l-infinity radius in [0, 1] pixels), got {eps}.")
+    if not step_size >= 0:
+        raise UserError(f"step size must be >= 0, got {step_size}.")
+    if int(iterations) < 1:
+        raise UserError(f"iterations must be >= 1, got {iterations}.")
+    if window is not None:
+        check_window(window[0], window[1], timesteps_of(model))
+
+
+def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
+        random_start=False, seed=0, window=None, surrogate=DEFAULT_SHARPNESS, jit_compile=True):
+    """Projected gradient descent (l-infinity) on images in [0, 1]; returns adversarial images.
+
+    window: optional (start, width), 1-based, restricting the perturbation to those timesteps
+    (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness.
+    """
+    _validate(model, eps, step_size, iterations, window)
+    window = None if window is None else (int(window[0]), int(window[1]))
+    key = ("pgd", window, int(iterations), bool(random_start), float(surrogate), jit_compile)
+    program = cached(model, key, lambda: tf.function(
+        _pgd_program(model, window, int(iterations), random_start), jit_compile=jit_compile))
+    images = tf.convert_to_tensor(np.asarray(images, np.float32))
+    with surrogate_sharpness(surrogate):  # read when the program is traced
+        return program(images, tf.convert_to_tensor(np.asarray(labels, np.int32)),
+                       tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32),
+                       tf.constant([seed, 0], tf.int64))
+
+
+def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=DEFAULT_SHARPNESS,
+         jit_compile=True):
+    """Fast gradient sign method: one step of size eps from the clean image."""
+    return pgd(model, images, labels, eps=eps, step_size=eps, iterations=1, window=window,
+               surrogate=surrogate, jit_compile=jit_compile)
