@@ -15,6 +15,7 @@ setup(
         "tensorboard>=2.16",
         "absl-py>=1.4",
         "numpy>=1.26",
+        "matplotlib>=3.7",  # the PNG plots of the analysis command
     ],
     extras_require={
         # Pick one TensorFlow build: tensorflow-cpu is smaller and has no CUDA libraries.
@@ -25,6 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "tic-train=tic_tf.train:run",
+            "tic-analyze=tic_tf.analyze:run",
+            "tic-evaluate=tic_tf.evaluate:run",
             "tic-export=tic_tf.export:run",
         ],
     },

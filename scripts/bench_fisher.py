@@ -5,21 +5,19 @@
 For ResNet19 (width 1/4, 32x32x3, 10 classes, random inputs) and each T, times:
   exact       tic_tf.fisher.temporal_fisher over --samples samples (I_1..I_T, per-sample)
   batch_mean  the reference code's procedure (batch-mean gradient per batch of 16)
-  loop        one GradientTape per sample and per t (compiled), timed on --loop_samples
-              samples and scaled linearly to --samples
+  loop        one GradientTape per sample and per t, eager (the plain Python loop) and
+              compiled, timed on --loop_samples samples and scaled linearly to --samples
   epoch       one training epoch (forward + backward + SGD update) over the same samples
 Each figure is the median of --repeats runs after a warm-up run (compilation excluded).
 """
 import json
-import os
-import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from benchutil import machine, median_time
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import per_timestep_losses
 from tic_tf.losses import MeanLogitCrossEntropy
@@ -36,25 +34,18 @@ flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 FLAGS = flags.FLAGS
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up: tracing and compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def per_sample_loop(model, images, labels):
+def per_sample_loop(model, images, labels, compiled):
+    """The brute-force reference: one GradientTape per sample and per t."""
     steps = model.output.shape[1]
 
-    @tf.function(jit_compile=FLAGS.xla)
     def squared_norm(image, label, t):
         with tf.GradientTape() as tape:
             loss = per_timestep_losses(model(image, training=False), label)[0, t]
         grads = tape.gradient(loss, model.trainable_variables)
         return tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+
+    if compiled:
+        squared_norm = tf.function(squared_norm, jit_compile=FLAGS.xla)
 
     def run():
         for n in range(len(images)):
@@ -76,28 +67,31 @@ def bench(steps):
     figures["batch_mean_s"] = median_time(lambda: temporal_fisher(
         model, data, FLAGS.samples, method="batch_mean", batch_size=16,
         jit_compile=FLAGS.xla), FLAGS.repeats)
-    loop = per_sample_loop(model, images[:FLAGS.loop_samples], labels[:FLAGS.loop_samples])
-    figures["loop_s"] = median_time(loop, 1) * FLAGS.samples / FLAGS.loop_samples
+    scale = FLAGS.samples / FLAGS.loop_samples
+    for kind, compiled in (("eager", False), ("compiled", True)):
+        loop = per_sample_loop(model, images[:FLAGS.loop_samples],
+                               labels[:FLAGS.loop_samples], compiled)
+        figures[f"loop_{kind}_s"] = median_time(loop, 1) * scale
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), MeanLogitCrossEntropy(),
                   jit_compile=FLAGS.xla)
     dataset = tf.data.Dataset.from_tensor_slices(data).batch(FLAGS.batch_size).cache()
     figures["epoch_s"] = median_time(lambda: model.fit(dataset, epochs=1, verbose=0),
                                      FLAGS.repeats)
-    figures["speedup_vs_loop"] = figures["loop_s"] / figures["exact_s"]
+    for kind in ("eager", "compiled"):
+        figures[f"speedup_vs_{kind}_loop"] = figures[f"loop_{kind}_s"] / figures["exact_s"]
     return figures
 
 
 def main(argv):
-    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__,
-                           "xla": FLAGS.xla, "width": FLAGS.width}, "runs": []}
-    print(f"{'T':>3} {'exact s':>9} {'batch_mean s':>13} {'loop s':>9} {'epoch s':>9} "
-          f"{'x vs loop':>10}")
+    results = {"machine": machine(FLAGS.xla), "width": FLAGS.width, "runs": []}
+    print(f"{'T':>3} {'exact s':>8} {'batch_mean s':>13} {'eager loop s':>13} "
+          f"{'compiled loop s':>16} {'epoch s':>8}")
     for steps in FLAGS.timesteps:
         figures = bench(steps)
         results["runs"].append(figures)
-        print(f"{steps:>3} {figures['exact_s']:>9.2f} {figures['batch_mean_s']:>13.2f} "
-              f"{figures['loop_s']:>9.1f} {figures['epoch_s']:>9.2f} "
-              f"{figures['speedup_vs_loop']:>10.1f}", flush=True)
+        print(f"{steps:>3} {figures['exact_s']:>8.2f} {figures['batch_mean_s']:>13.2f} "
+              f"{figures['loop_eager_s']:>13.1f} {figures['loop_compiled_s']:>16.1f} "
+              f"{figures['epoch_s']:>8.2f}", flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as handle:
             json.dump(results, handle, indent=2)

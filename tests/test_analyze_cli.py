@@ -34,7 +34,7 @@ def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
     (["--num_samples=1000"], "exceeds the 64 samples"),
     (["--timesteps=1"], "at least 2 timesteps"),
     (["--analyses=windows", "--window=5"], "lies outside [1, 2]"),
-    (["--dataset=cifar100"], "pass the dataset the model was trained on"),
+    (["--dataset=cifar100"], "pass the --dataset the model was trained on"),
     (["--checkpoints=/nonexistent"], "does not exist"),
 ])
 def test_bad_analysis_input_fails_cleanly(trained_run, tmp_path, args, message):

@@ -123,6 +123,8 @@ def test_export_refuses_checkpoint_of_another_architecture(trained_run, tmp_path
     (["--data_file={tmp}/keys.npz"], "lacks the arrays"),
     (["--data_file={tmp}/labels.npz"], "needs labels in [0, 9]"),
     (["--data_file={tmp}/shape.npz"], "has shape"),
+    (["--batch_size=1000"], "exceeds the 64 training examples"),
+    (["--loss=alpha", "--alpha=-1"], "alpha"),
 ])
 def test_bad_training_input_fails_cleanly(tmp_path, extra, message):
     write_npz(tmp_path / "keys.npz", x_test=None)

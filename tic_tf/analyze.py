@@ -22,7 +22,6 @@ from tic_tf import checkpoints, cli, plots
 from tic_tf.atomic import write_json
 from tic_tf.corruptions import check_window, gaussian_noise, windowed_frames
 from tic_tf.data import get_spec, load_arrays, to_unit_range
-from tic_tf.errors import UserError
 from tic_tf.fisher import LABEL_MODES, METHODS, temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import run_on_frames, timesteps_of
@@ -67,15 +66,6 @@ def epoch_of(path):
     return int(match.group(1)) if match else None
 
 
-def check_compatible(config, spec, path):
-    if config["num_classes"] != spec.num_classes or tuple(config["input_shape"]) != \
-            spec.image_shape:
-        raise UserError(f"{path} holds a {config['num_classes']}-class model for "
-                        f"{tuple(config['input_shape'])} images, but --dataset={spec.name} has "
-                        f"{spec.num_classes} classes of {spec.image_shape}; pass the dataset "
-                        "the model was trained on.")
-
-
 def window_accuracies(model, images, labels, window, noise, seed, batch_size):
     """Accuracy with noise during [t, t+window-1] for every t; relative to the last window."""
     steps = timesteps_of(model)
@@ -103,7 +93,7 @@ def main(argv):
     configs = [checkpoints.read_model_config(p) for p in paths]
     spec = get_spec(FLAGS.dataset)
     for path, config in zip(paths, configs):
-        check_compatible(config, spec, path)
+        checkpoints.check_matches_dataset(config, spec, path)
     arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
     images, labels = ((arrays.x_train, arrays.y_train) if FLAGS.split == "train"
                       else (arrays.x_test, arrays.y_test))

@@ -27,7 +27,8 @@ def attacked_logits(model, adversarial, clean, window=None):
     return run_on_frames(model, windowed_frames(clean, adversarial, steps, *window))
 
 
-def _loss_gradient(model, window):
+def loss_gradient(model, window=None):
+    """A function (adversarial, clean, labels) -> gradient of the summed cross-entropy."""
     def gradient(adversarial, clean, labels):
         with tf.GradientTape() as tape:
             tape.watch(adversarial)
@@ -39,7 +40,7 @@ def _loss_gradient(model, window):
 
 
 def _pgd_program(model, window, iterations, random_start):
-    gradient = _loss_gradient(model, window)
+    gradient = loss_gradient(model, window)
 
     def attack(clean, labels, eps, step_size, seed):
         adversarial = clean

@@ -65,6 +65,16 @@ def read_model_config(path):
         raise UserError(f"Cannot read {config_path} ({error}).") from error
 
 
+def check_matches_dataset(config, spec, path):
+    """Refuse a checkpoint whose classes or input shape differ from dataset `spec`."""
+    if config["num_classes"] != spec.num_classes or \
+            tuple(config["input_shape"]) != spec.image_shape:
+        raise UserError(f"{path} holds a {config['num_classes']}-class model for "
+                        f"{tuple(config['input_shape'])} images, but {spec.name} has "
+                        f"{spec.num_classes} classes of {spec.image_shape}; pass the --dataset "
+                        "the model was trained on.")
+
+
 def resolve(path):
     """A checkpoint directory: `path` itself, or the newest one in a run directory."""
     if not os.path.exists(path):

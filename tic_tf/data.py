@@ -165,6 +165,14 @@ def to_unit_range(images):
         np.float32)
 
 
+def steps_per_epoch(count, batch_size):
+    """Full batches per epoch (the last partial batch is dropped)."""
+    if batch_size > count:
+        raise UserError(f"batch_size {batch_size} exceeds the {count} training examples; "
+                        "lower --batch_size.")
+    return count // batch_size
+
+
 def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
     """Batches for epochs `start_epoch..epochs-1` and the number of steps per epoch.
 
@@ -172,10 +180,7 @@ def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
     resumed at any epoch sees exactly the batches an uninterrupted run would.
     """
     count = len(images)
-    steps = count // batch_size
-    if steps == 0:
-        raise UserError(f"batch_size {batch_size} exceeds the {count} training examples; "
-                        "lower --batch_size.")
+    steps = steps_per_epoch(count, batch_size)
     images, labels = tf.constant(images), tf.constant(labels)
 
     def epoch_examples(epoch):

@@ -138,11 +138,7 @@ def main(argv):
     spec = get_spec(FLAGS.dataset)
     configs = [checkpoints.read_model_config(p) for p in paths]
     for path, config in zip(paths, configs):
-        if config["num_classes"] != spec.num_classes or \
-                tuple(config["input_shape"]) != spec.image_shape:
-            raise UserError(f"{path} holds a model for {config['num_classes']} classes of "
-                            f"{tuple(config['input_shape'])} images, not {spec.name}; pass "
-                            "the dataset it was trained on.")
+        checkpoints.check_matches_dataset(config, spec, path)
         if any(n.endswith("_window") for n in FLAGS.evaluations):
             check_window(*window, FLAGS.timesteps or config["timesteps"])
     arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)

@@ -12,8 +12,10 @@ of (layer input) x (gradient at the layer output). One forward pass records each
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
 at once (samples are independent with batch-norm in inference mode); the per-sample weight
 gradients then follow from a batched matrix product, or, where cheaper, from the Gram-matrix
-identity ||X^T D||^2 = sum((X X^T) * (D D^T)). No Python loop over samples, no per-sample
-forward pass, and no reliance on pfor (which loops for per-example convolution gradients).
+identity ||X^T D||^2 = sum((X X^T) * (D D^T)) with X X^T shared by all t. Since L_t cannot
+depend on timesteps after t, those positions are skipped. No Python loop over samples, no
+per-sample forward pass, and no reliance on pfor (which loops for per-example convolution
+gradients).
 """
 import dataclasses
 import re
@@ -115,43 +117,73 @@ def _sample_major(tensor):
     return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
 
 
-def _squared_norm_of_products(inputs, deltas):
-    """Per sample n: ||inputs_n^T deltas_n||_F^2 for `[n, P, a]` and `[n, P, b]`."""
-    positions, a, b = inputs.shape[1], inputs.shape[2], deltas.shape[2]
-    if positions * positions * (a + b) < positions * a * b:  # Gram route is cheaper
+def _sum_sq_products(inputs, deltas, live_positions):
+    """sum_n ||inputs_n^T deltas_n||_F^2 for each t, inputs `[n, P, a]`, deltas[t] `[n, P, b]`.
+
+    Only the first `live_positions[t]` positions can carry gradient for L_t (later timesteps
+    do not influence it), so the products skip the rest. Per layer, the explicit product
+    (sum_t P_t a b per sample) or the Gram identity ||X^T D||^2 = sum((X X^T) * (D D^T)),
+    with X X^T shared by all t (P^2 a + sum_t P_t^2 b), is used, whichever is cheaper.
+    """
+    a, b = inputs.shape[2], deltas[0].shape[2]
+    explicit_cost = sum(p * a * b for p in live_positions)
+    gram_cost = inputs.shape[1] ** 2 * a + sum(p * p * b for p in live_positions)
+    sums = []
+    if gram_cost < explicit_cost:
         gram_in = tf.matmul(inputs, inputs, transpose_b=True)
-        gram_out = tf.matmul(deltas, deltas, transpose_b=True)
-        return tf.reduce_sum(gram_in * gram_out, axis=[1, 2])
-    return tf.reduce_sum(tf.square(tf.matmul(inputs, deltas, transpose_a=True)), axis=[1, 2])
+        for p, delta in zip(live_positions, deltas):
+            live = delta[:, :p]
+            sums.append(tf.reduce_sum(gram_in[:, :p, :p] * tf.matmul(live, live, transpose_b=True)))
+    else:
+        for p, delta in zip(live_positions, deltas):
+            sums.append(tf.reduce_sum(tf.square(
+                tf.matmul(inputs[:, :p], delta[:, :p], transpose_a=True))))
+    return sums
 
 
-def _per_sample_sq_norm(spec, layer_input, delta):
-    """Squared norm of each sample's gradient w.r.t. this layer's parameters: `[batch]`."""
-    layer, batch = spec.layer, tf.shape(delta)[0]
-    delta_rows = _sample_major(delta)
-    total = tf.zeros([batch], delta.dtype)
+def _layer_rows(spec, layer_input):
+    """The layer's input as `[batch, positions, features]` whose product with the output
+    gradient `[batch, positions, out]` is the weight gradient (patches for convolutions)."""
+    layer = spec.layer
+    if not isinstance(layer, keras.layers.Conv2D):
+        return _sample_major(layer_input)
+    images = tf.reshape(layer_input, [-1, *layer_input.shape[-3:]])
+    patches = tf.image.extract_patches(
+        images, sizes=[1, *layer.kernel_size, 1], strides=[1, *layer.strides, 1],
+        rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
+    positions = int(np.prod(layer_input.shape[1:-3])) * patches.shape[1] * patches.shape[2]
+    return tf.reshape(patches, [-1, positions, patches.shape[-1]])
+
+
+def _layer_sq_norms(spec, layer_input, deltas):
+    """For each t: sum over samples of ||per-sample gradient of L_t w.r.t. this layer||^2.
+
+    deltas[t] is the gradient of L_t (summed over samples) at the layer's output.
+    """
+    rows = [_sample_major(delta) for delta in deltas]
+    positions = rows[0].shape[1]
+    if isinstance(spec.node, TimeFolded):  # positions run time-major: [T, H, W] or [T]
+        per_step = positions // len(deltas)
+        live = [per_step * (t + 1) for t in range(len(deltas))]
+    else:  # the stem runs once and feeds every timestep
+        live = [positions] * len(deltas)
+    layer = spec.layer
+    sums = [0.0] * len(deltas)
     if isinstance(layer, keras.layers.BatchNormalization):
         scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
         normalised = _sample_major((layer_input - layer.moving_mean) * scale)
-        if layer.scale:
-            total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows * normalised, 1)), 1)
-        if layer.center:
-            total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows, 1)), 1)
-        return total
-    if isinstance(layer, keras.layers.Conv2D):
-        images = tf.reshape(layer_input, [-1, *layer_input.shape[-3:]])
-        kernel = layer.kernel_size
-        patches = tf.image.extract_patches(
-            images, sizes=[1, *kernel, 1], strides=[1, *layer.strides, 1],
-            rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
-        positions = int(np.prod(layer_input.shape[1:-3])) * patches.shape[1] * patches.shape[2]
-        inputs = tf.reshape(patches, [-1, positions, patches.shape[-1]])
-    else:
-        inputs = _sample_major(layer_input)
-    total += _squared_norm_of_products(inputs, delta_rows)
+        for t, (p, delta) in enumerate(zip(live, rows)):
+            if layer.scale:
+                sums[t] += tf.reduce_sum(tf.square(tf.reduce_sum(
+                    delta[:, :p] * normalised[:, :p], 1)))
+            if layer.center:
+                sums[t] += tf.reduce_sum(tf.square(tf.reduce_sum(delta[:, :p], 1)))
+        return sums
+    sums = _sum_sq_products(_layer_rows(spec, layer_input), rows, live)
     if layer.use_bias:
-        total += tf.reduce_sum(tf.square(tf.reduce_sum(delta_rows, 1)), 1)
-    return total
+        sums = [total + tf.reduce_sum(tf.square(tf.reduce_sum(delta, 1)))
+                for total, delta in zip(sums, rows)]
+    return sums
 
 
 class _ExactFisher:
@@ -176,16 +208,14 @@ class _ExactFisher:
             # Summed over samples: samples are independent, so the gradient at each sample's
             # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
             loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
-        sums = []
-        for loss in loss_per_t:
-            deltas = tape.gradient(loss, list(outputs),
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            per_block = [0.0] * len(self.blocks)
-            for spec, layer_input, delta in zip(self.layers, inputs, deltas):
-                per_block[spec.block] += tf.reduce_sum(
-                    _per_sample_sq_norm(spec, layer_input, delta))
-            sums.append(tf.stack(per_block))
-        return tf.stack(sums, axis=1)  # [blocks, T]
+        deltas = [tape.gradient(loss, list(outputs),
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                  for loss in loss_per_t]  # [T][layers]
+        per_block = [[0.0] * self.steps for _ in self.blocks]
+        for index, (spec, layer_input) in enumerate(zip(self.layers, inputs)):
+            norms = _layer_sq_norms(spec, layer_input, [d[index] for d in deltas])
+            per_block[spec.block] = [a + b for a, b in zip(per_block[spec.block], norms)]
+        return tf.stack([tf.stack(values) for values in per_block])  # [blocks, T]
 
 
 class _BatchMeanFisher:

@@ -18,7 +18,8 @@ from absl import flags
 from tic_tf import checkpoints, cli
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger
-from tic_tf.data import eval_dataset, get_spec, load_arrays, to_unit_range, train_dataset
+from tic_tf.data import (eval_dataset, get_spec, load_arrays, steps_per_epoch, to_unit_range,
+                         train_dataset)
 from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
@@ -125,9 +126,7 @@ def main(argv):
     check_run_dir(run_dir, settings)
     spec = get_spec(FLAGS.dataset)
     arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
-    if FLAGS.batch_size > len(arrays.x_train):
-        raise UserError(f"--batch_size={FLAGS.batch_size} exceeds the {len(arrays.x_train)} "
-                        "training examples; lower it.")
+    steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
 
     keras.utils.set_random_seed(FLAGS.seed)
     model_config = dict(arch=FLAGS.arch, num_classes=spec.num_classes,
@@ -136,8 +135,7 @@ def main(argv):
                         detach_reset=FLAGS.detach_reset, mean=list(spec.mean),
                         std=list(spec.std))
     model = build_model(**model_config)
-    steps_per_epoch = len(arrays.x_train) // FLAGS.batch_size
-    optimizer = make_optimizer(steps_per_epoch)
+    optimizer = make_optimizer(steps)
     metrics = [accuracy_metric()]
     if FLAGS.loss == "alpha":  # log every L_t, the quantity the alpha loss steers
         loss = AlphaLoss(FLAGS.alpha)
@@ -176,7 +174,7 @@ def main(argv):
                                       FLAGS.seed, start_epoch, FLAGS.epochs)
         started = time.perf_counter()
         model.fit(train_data, epochs=FLAGS.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps_per_epoch, validation_data=test_data,
+                  steps_per_epoch=steps, validation_data=test_data,
                   validation_freq=FLAGS.eval_every, callbacks=callbacks, verbose=verbose)
         print(f"Trained epochs {start_epoch + 1}-{FLAGS.epochs} in "
               f"{time.perf_counter() - started:.0f} s.")
