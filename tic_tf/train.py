@@ -54,7 +54,7 @@ flags.DEFINE_list("keep_checkpoints", [], "Epochs whose checkpoints are kept for
                   "analysis (e.g. 20,120,300); the last two are always kept. 'all' keeps all.")
 flags.DEFINE_integer("fisher_every", 0, "Measure temporal Fisher information every this many "
                      "epochs on a fixed training subset (0: off).", lower_bound=0)
-flags.DEFINE_integer("fisher_samples", 128, "Training images used by --fisher_every.",
+flags.DEFINE_integer("fisher_samples", 64, "Training images used by --fisher_every.",
                      lower_bound=1)
 flags.DEFINE_boolean("xla", True, "Compile the training step with XLA (jit_compile).")
 flags.DEFINE_boolean("export", True, "Write a SavedModel to <model_dir>/saved_model at the end.")
