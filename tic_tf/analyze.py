@@ -45,7 +45,8 @@ flags.DEFINE_float("noise", 0.5, "Window noise: l2 norm as a fraction of the ima
 flags.DEFINE_integer("eval_samples", None, "Test images for the window analysis (default all).",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed for model-drawn labels and noise.")
-flags.DEFINE_boolean("xla", True, "Compile the measurements with XLA.")
+flags.DEFINE_boolean("xla", False, "Compile the measurements with XLA (on CPU the Fisher "
+                     "estimator runs 2-3x slower with it; see the README).")
 flags.mark_flags_as_required(["checkpoints", "output_dir"])
 flags.register_validator("analyses", lambda names: set(names) <= {"fisher", "windows"},
                          "--analyses takes fisher and/or windows.")

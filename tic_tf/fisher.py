@@ -12,8 +12,9 @@ of (layer input) x (gradient at the layer output). One forward pass records each
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
 at once (samples are independent with batch-norm in inference mode); the per-sample weight
 gradients then follow from a batched matrix product, or, where cheaper, from the Gram-matrix
-identity ||X^T D||^2 = sum((X X^T) * (D D^T)) with X X^T shared by all t. Since L_t cannot
-depend on timesteps after t, those positions are skipped. No Python loop over samples, no
+identity ||X^T D||^2 = sum((X X^T) * (D D^T)). Since L_t cannot depend on timesteps after t,
+those positions are skipped, and the T backward passes run one after another so that only
+one set of output gradients is live at a time. No Python loop over samples, no
 per-sample forward pass, and no reliance on pfor (which loops for per-example convolution
 gradients).
 """
@@ -117,34 +118,23 @@ def _sample_major(tensor):
     return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
 
 
-def _sum_sq_products(inputs, deltas, live_positions):
-    """sum_n ||inputs_n^T deltas_n||_F^2 for each t, inputs `[n, P, a]`, deltas[t] `[n, P, b]`.
+def _sum_sq_products(inputs, delta):
+    """sum_n ||inputs_n^T delta_n||_F^2 for inputs `[n, P, a]` and delta `[n, P, b]`.
 
-    Only the first `live_positions[t]` positions can carry gradient for L_t (later timesteps
-    do not influence it), so the products skip the rest. Per layer, the explicit product
-    (sum_t P_t a b per sample) or the Gram identity ||X^T D||^2 = sum((X X^T) * (D D^T)),
-    with X X^T shared by all t (P^2 a + sum_t P_t^2 b), is used, whichever is cheaper.
+    Whichever is cheaper: the explicit per-sample product (P a b per sample) or the Gram
+    identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (P^2 (a + b) per sample), which wins for
+    small feature maps with many channels.
     """
-    a, b = inputs.shape[2], deltas[0].shape[2]
-    explicit_cost = sum(p * a * b for p in live_positions)
-    gram_cost = inputs.shape[1] ** 2 * a + sum(p * p * b for p in live_positions)
-    sums = []
-    if gram_cost < explicit_cost:
-        gram_in = tf.matmul(inputs, inputs, transpose_b=True)
-        for p, delta in zip(live_positions, deltas):
-            live = delta[:, :p]
-            sums.append(tf.reduce_sum(gram_in[:, :p, :p] * tf.matmul(live, live, transpose_b=True)))
-    else:
-        for p, delta in zip(live_positions, deltas):
-            sums.append(tf.reduce_sum(tf.square(
-                tf.matmul(inputs[:, :p], delta[:, :p], transpose_a=True))))
-    return sums
+    positions, a, b = inputs.shape[1], inputs.shape[2], delta.shape[2]
+    if positions * (a + b) < a * b:
+        return tf.reduce_sum(tf.matmul(inputs, inputs, transpose_b=True)
+                             * tf.matmul(delta, delta, transpose_b=True))
+    return tf.reduce_sum(tf.square(tf.matmul(inputs, delta, transpose_a=True)))
 
 
-def _layer_rows(spec, layer_input):
+def _layer_rows(layer, layer_input):
     """The layer's input as `[batch, positions, features]` whose product with the output
     gradient `[batch, positions, out]` is the weight gradient (patches for convolutions)."""
-    layer = spec.layer
     if not isinstance(layer, keras.layers.Conv2D):
         return _sample_major(layer_input)
     images = tf.reshape(layer_input, [-1, *layer_input.shape[-3:]])
@@ -155,35 +145,39 @@ def _layer_rows(spec, layer_input):
     return tf.reshape(patches, [-1, positions, patches.shape[-1]])
 
 
-def _layer_sq_norms(spec, layer_input, deltas):
-    """For each t: sum over samples of ||per-sample gradient of L_t w.r.t. this layer||^2.
-
-    deltas[t] is the gradient of L_t (summed over samples) at the layer's output.
-    """
-    rows = [_sample_major(delta) for delta in deltas]
-    positions = rows[0].shape[1]
-    if isinstance(spec.node, TimeFolded):  # positions run time-major: [T, H, W] or [T]
-        per_step = positions // len(deltas)
-        live = [per_step * (t + 1) for t in range(len(deltas))]
-    else:  # the stem runs once and feeds every timestep
-        live = [positions] * len(deltas)
+def _layer_features(spec, layer_input):
+    """What the per-sample gradient of the layer's parameters multiplies with the output
+    gradient, `[batch, positions, features]`: the input rows (patches for convolutions) or,
+    for batch-norm, the normalised input."""
     layer = spec.layer
-    sums = [0.0] * len(deltas)
     if isinstance(layer, keras.layers.BatchNormalization):
         scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
-        normalised = _sample_major((layer_input - layer.moving_mean) * scale)
-        for t, (p, delta) in enumerate(zip(live, rows)):
-            if layer.scale:
-                sums[t] += tf.reduce_sum(tf.square(tf.reduce_sum(
-                    delta[:, :p] * normalised[:, :p], 1)))
-            if layer.center:
-                sums[t] += tf.reduce_sum(tf.square(tf.reduce_sum(delta[:, :p], 1)))
-        return sums
-    sums = _sum_sq_products(_layer_rows(spec, layer_input), rows, live)
-    if layer.use_bias:
-        sums = [total + tf.reduce_sum(tf.square(tf.reduce_sum(delta, 1)))
-                for total, delta in zip(sums, rows)]
-    return sums
+        return _sample_major((layer_input - layer.moving_mean) * scale)
+    return _layer_rows(layer, layer_input)
+
+
+def _layer_sq_norm(spec, features, delta, live_steps):
+    """sum over samples of ||per-sample gradient of L_t w.r.t. this layer's parameters||^2.
+
+    features come from `_layer_features`; delta is the gradient of L_t (summed over samples)
+    at the layer's output. L_t cannot depend on timesteps after t, so a time-folded layer
+    (positions time-major) only needs its first `live_steps` = t timesteps; the stem runs
+    once and feeds every timestep.
+    """
+    layer = spec.layer
+    rows = _sample_major(delta)
+    if isinstance(spec.node, TimeFolded):
+        steps = delta.shape[1]
+        rows = rows[:, :rows.shape[1] * live_steps // steps]
+        features = features[:, :features.shape[1] * live_steps // steps]
+    bias_sum = tf.reduce_sum(tf.square(tf.reduce_sum(rows, 1)))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        total = bias_sum if layer.center else 0.0
+        if layer.scale:
+            total += tf.reduce_sum(tf.square(tf.reduce_sum(rows * features, 1)))
+        return total
+    total = _sum_sq_products(features, rows)
+    return total + bias_sum if layer.use_bias else total
 
 
 class _ExactFisher:
@@ -208,14 +202,20 @@ class _ExactFisher:
             # Summed over samples: samples are independent, so the gradient at each sample's
             # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
             loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
-        deltas = [tape.gradient(loss, list(outputs),
-                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                  for loss in loss_per_t]  # [T][layers]
-        per_block = [[0.0] * self.steps for _ in self.blocks]
-        for index, (spec, layer_input) in enumerate(zip(self.layers, inputs)):
-            norms = _layer_sq_norms(spec, layer_input, [d[index] for d in deltas])
-            per_block[spec.block] = [a + b for a, b in zip(per_block[spec.block], norms)]
-        return tf.stack([tf.stack(values) for values in per_block])  # [blocks, T]
+        features = [_layer_features(spec, x) for spec, x in zip(self.layers, inputs)]
+        per_t, previous = [], []
+        for t, loss in enumerate(loss_per_t):
+            # At most two t in flight: unordered, all T sets of output gradients would be live
+            # at once (memory ~ batch x T^2 activations); two keep both CPU cores busy.
+            with tf.control_dependencies(previous):
+                deltas = tape.gradient(loss, list(outputs),
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                per_block = [0.0] * len(self.blocks)
+                for spec, feature, delta in zip(self.layers, features, deltas):
+                    per_block[spec.block] += _layer_sq_norm(spec, feature, delta, t + 1)
+            per_t.append(tf.stack(per_block))
+            previous = per_t[-2:-1]
+        return tf.stack(per_t, axis=1)  # [blocks, T]
 
 
 class _BatchMeanFisher:
@@ -266,7 +266,7 @@ def _take_samples(data, num_samples):
 
 
 def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, batch_size=32,
-                    method="exact", seed=0, jit_compile=True):
+                    method="exact", seed=0, jit_compile=False):
     """I_t for t = 1..T of a `build_model` network, its information centroid, per-block values.
 
     data: `(images, labels)` arrays (images in [0, 1] or uint8) or a tf.data.Dataset of such
