@@ -29,6 +29,7 @@ setup(
             "tic-analyze=tic_tf.analyze:run",
             "tic-evaluate=tic_tf.evaluate:run",
             "tic-export=tic_tf.export:run",
+            "tic-prune=tic_tf.prune:run",
         ],
     },
 )

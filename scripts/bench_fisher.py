@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchutil import machine, median_time
+from tic_tf.timing import machine, median_time
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import per_timestep_losses
 from tic_tf.losses import MeanLogitCrossEntropy

@@ -21,16 +21,28 @@ MODEL_JSON = "model.json"
 STATE = "state"
 
 
-def save(directory, epoch, model, model_config, optimizer=None):
+def save(directory, epoch, model, model_config, optimizer=None, extra=None):
     """Write checkpoint `directory/epoch-NNNN` atomically and return its path."""
-    final = os.path.join(directory, f"epoch-{epoch:04d}")
-    partial = partial_path(final)
+    return write(os.path.join(directory, f"epoch-{epoch:04d}"), model, model_config, optimizer,
+                 extra)
+
+
+def _objects(model, optimizer, extra):
+    objects = {"model": model, **(extra or {})}
+    if optimizer is not None:
+        objects["optimizer"] = optimizer
+    return objects
+
+
+def write(path, model, model_config, optimizer=None, extra=None):
+    """Write a checkpoint directory `path` atomically: model (+ optimizer, + `extra`
+    trackables such as pruning masks) and model.json."""
+    partial = partial_path(path)
     shutil.rmtree(partial, ignore_errors=True)
-    objects = {"model": model} if optimizer is None else {"model": model, "optimizer": optimizer}
-    tf.train.Checkpoint(**objects).write(os.path.join(partial, STATE))
+    tf.train.Checkpoint(**_objects(model, optimizer, extra)).write(os.path.join(partial, STATE))
     write_json(os.path.join(partial, MODEL_JSON), model_config)
-    publish_dir(partial, final)
-    return final
+    publish_dir(partial, path)
+    return path
 
 
 def list_epochs(directory):
@@ -89,13 +101,14 @@ def resolve(path):
                     "directory whose checkpoints/ holds one.")
 
 
-def restore(path, model, optimizer=None):
-    """Load weights (and optimizer state) from checkpoint `path` into existing objects."""
-    objects = {"model": model} if optimizer is None else {"model": model, "optimizer": optimizer}
+def restore(path, model, optimizer=None, extra=None):
+    """Load weights (optimizer state, `extra` trackables) from checkpoint `path` into
+    existing objects."""
     if optimizer is not None:
         optimizer.build(model.trainable_variables)  # create slots so they restore at once
     try:
-        status = tf.train.Checkpoint(**objects).read(os.path.join(path, STATE))
+        status = tf.train.Checkpoint(**_objects(model, optimizer, extra)).read(
+            os.path.join(path, STATE))
         status.assert_existing_objects_matched()
         if optimizer is None:
             status.expect_partial()

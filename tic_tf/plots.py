@@ -73,3 +73,16 @@ def window_deficits(starts, values, path=None, window=3, relative=True):
     axis.set_ylabel("accuracy / accuracy of last window" if relative else "accuracy")
     axis.set_title("Time-window deficits")
     return _save(figure, path)
+
+
+def accuracy_vs_sparsity(series, path=None, title=""):
+    """Accuracy against sparsity, one line per label in `series` ({label: (sparsity, acc)})."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, (sparsity, accuracy) in series.items():
+        axis.plot(100 * np.asarray(sparsity), 100 * np.asarray(accuracy), marker="o",
+                  label=str(label))
+    axis.set_xlabel("sparsity (%)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(f"Accuracy against sparsity {title}".strip())
+    axis.legend(fontsize="small")
+    return _save(figure, path)

@@ -1,0 +1,38 @@
+"""The benchmark suite: every figure present and plausible, and the dense ceiling network."""
+import json
+
+import numpy as np
+
+from conftest import run_tool
+from tic_tf.benchmark import relu_twin
+from tic_tf.models import build_model, lif_layers
+
+
+def test_relu_twin_is_the_same_network_without_spikes_at_one_timestep():
+    model = build_model("resnet19", 10, 4, (32, 32, 3), width=0.0625)
+    dense = relu_twin(model)
+    assert not lif_layers(dense)
+    assert dense.count_params() == model.count_params()
+    images = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    assert dense(images).shape == (3, 1, 10)
+
+
+def test_benchmark_writes_every_figure(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run_tool("benchmark", "--width=0.0625", "--timesteps=2", "--batch_size=4",
+                      "--train_steps=1", "--fisher_samples=8", "--repeats=1", f"--json={path}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(path.read_text())
+    assert report["machine"]["cpus"] >= 1 and report["batch_size"] == 4
+    (run,) = report["runs"]
+    for key in ("train_img_s", "infer_img_s", "ceiling_img_s", "fisher_curve_s",
+                "pgd10_s_per_img", "pgd10_passes", "peak_memory_mb"):
+        assert run[key] > 0, key
+    assert run["infer_img_s"] > run["train_img_s"]  # a forward pass costs less than a step
+    assert "train_img_s_vs_reference" not in run  # settings differ from the reference's
+    assert "| T | train img/s |" in result.stdout
+
+
+def test_benchmark_refuses_unknown_figures(tmp_path):
+    result = run_tool("benchmark", "--skip=train,speed")
+    assert result.returncode == 2 and "--skip takes any of" in result.stderr

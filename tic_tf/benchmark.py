@@ -1,0 +1,168 @@
+"""Benchmark suite: training, inference, Fisher curve, PGD-10, peak memory and the ceiling.
+
+    python -m tic_tf.benchmark --timesteps=4,10 --json=benchmark.json
+
+For each T, on random 32x32x3 inputs with 10 classes (medians of --repeats timed runs after
+an untimed warm-up, so compilation is excluded):
+  train_img_s      training throughput: forward + BPTT backward + SGD update, images/s
+  infer_img_s      inference throughput (per-timestep logits), images/s
+  ceiling_img_s    the same network with every LIF replaced by ReLU, trained on batches of
+                   T x batch_size images in one pass: the dense compute a spiking step cannot
+                   beat on this hardware, in the spiking step's images/s (T x batch_size
+                   dense images count as batch_size spiking ones)
+  fisher_curve_s   exact per-sample I_1..I_T over --fisher_samples samples
+  pgd10_s_per_img  PGD with 10 iterations, per image; pgd10_passes is its cost in
+                   forward+backward (input-gradient) passes
+  peak_memory_mb   peak memory of the training measurement (GPU: TensorFlow's allocator
+                   peak; CPU: the process's peak resident set, reset before it on Linux)
+Figures for the paper's PyTorch reference on the 2-core CPU machine of this project (issue 7)
+are printed alongside as ratios when the settings match theirs.
+"""
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from tic_tf import cli
+from tic_tf.atomic import write_json
+from tic_tf.attacks import loss_gradient, pgd
+from tic_tf.errors import UserError
+from tic_tf.fisher import temporal_fisher
+from tic_tf.losses import MeanLogitCrossEntropy
+from tic_tf.models import ARCHITECTURES, build_model
+from tic_tf.timing import PeakMemory, machine, median_time
+
+# PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
+# ResNet19 width 1/4, batch 32, T -> (train images/s, inference images/s, Fisher 256 s).
+REFERENCE = {4: (41.5, 132.7, 17.8), 10: (14.6, 46.5, 118.7)}
+
+flags.DEFINE_enum("arch", "resnet19", sorted(ARCHITECTURES), "Network architecture.")
+flags.DEFINE_float("width", 0.25, "Channel width multiplier.")
+flags.DEFINE_list("timesteps", ["4", "10"], "Values of T to benchmark.")
+flags.DEFINE_integer("batch_size", 32, "Batch size of every figure.")
+flags.DEFINE_integer("train_steps", 8, "Training steps per timed run.")
+flags.DEFINE_integer("fisher_samples", 256, "Samples of the Fisher curve.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per figure (the median is reported).")
+flags.DEFINE_boolean("xla", True, "Compile training, inference and attacks with XLA (the "
+                     "Fisher estimator runs without: it is faster so on CPU).")
+flags.DEFINE_list("skip", [], "Figures to leave out: any of train, infer, ceiling, fisher, pgd.")
+flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+FLAGS = flags.FLAGS
+
+FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
+
+
+def relu_twin(model):
+    """`model` at one timestep with every LIF layer replaced by ReLU: the dense ceiling."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "RepeatOverTime":
+            layer["config"]["timesteps"] = 1
+        elif layer["class_name"] == "LIF":
+            layer.update(module="keras.layers", class_name="Activation", registered_name=None,
+                         config={"name": layer["config"]["name"], "activation": "relu",
+                                 "dtype": layer["config"].get("dtype")})
+    return keras.Model.from_config(config)
+
+
+def train_seconds_per_step(model, images, labels):
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), MeanLogitCrossEntropy(),
+                  jit_compile=FLAGS.xla)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    seconds = median_time(lambda: model.fit(data, epochs=1, steps_per_epoch=FLAGS.train_steps,
+                                            verbose=0), FLAGS.repeats)
+    return seconds / FLAGS.train_steps
+
+
+def bench(steps):
+    batch = FLAGS.batch_size
+    rng = np.random.default_rng(0)
+    images = rng.random((max(batch, FLAGS.fisher_samples), 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, len(images)).astype(np.int32)
+    x, y = tf.constant(images[:batch]), tf.constant(labels[:batch])
+    keras.utils.set_random_seed(0)
+    model = build_model(FLAGS.arch, 10, steps, (32, 32, 3), width=FLAGS.width)
+    figures = {"timesteps": steps}
+    if "train" not in FLAGS.skip:
+        with PeakMemory() as peak:
+            figures["train_img_s"] = batch / train_seconds_per_step(model, x, y)
+        figures["peak_memory_mb"] = peak.mb
+    if "infer" not in FLAGS.skip:
+        infer = tf.function(lambda images: model(images, training=False),
+                            jit_compile=FLAGS.xla)
+        figures["infer_img_s"] = batch / median_time(lambda: infer(x).numpy(), FLAGS.repeats)
+    if "ceiling" not in FLAGS.skip:
+        dense_x = tf.constant(np.resize(images, (steps * batch, 32, 32, 3)))
+        dense_y = tf.constant(np.resize(labels, steps * batch))
+        figures["ceiling_img_s"] = batch / train_seconds_per_step(relu_twin(model), dense_x,
+                                                                  dense_y)
+    if "fisher" not in FLAGS.skip:
+        data = (images[:FLAGS.fisher_samples], labels[:FLAGS.fisher_samples])
+        figures["fisher_curve_s"] = median_time(
+            lambda: temporal_fisher(model, data, FLAGS.fisher_samples, batch_size=batch),
+            FLAGS.repeats)
+    if "pgd" not in FLAGS.skip:
+        attack = median_time(lambda: pgd(model, x, y, iterations=10,
+                                         jit_compile=FLAGS.xla).numpy(), FLAGS.repeats)
+        gradient = tf.function(loss_gradient(model, None), jit_compile=FLAGS.xla)
+        one_pass = median_time(lambda: gradient(x, x, y).numpy(), FLAGS.repeats)
+        figures["pgd10_s_per_img"] = attack / batch
+        figures["pgd10_passes"] = attack / one_pass
+    reference = REFERENCE.get(steps)
+    if reference and FLAGS.arch == "resnet19" and FLAGS.width == 0.25 and batch == 32:
+        for key, value in zip(("train_img_s", "infer_img_s"), reference[:2]):
+            if key in figures:
+                figures[f"{key}_vs_reference"] = figures[key] / value
+        if "fisher_curve_s" in figures and FLAGS.fisher_samples == 256:
+            figures["fisher_curve_vs_reference"] = reference[2] / figures["fisher_curve_s"]
+    return figures
+
+
+COLUMNS = (("train_img_s", "train img/s", "{:.1f}"), ("infer_img_s", "infer img/s", "{:.1f}"),
+           ("ceiling_img_s", "ceiling img/s", "{:.1f}"), ("fisher_curve_s", "Fisher s", "{:.1f}"),
+           ("pgd10_s_per_img", "PGD-10 s/img", "{:.3f}"), ("pgd10_passes", "PGD passes", "{:.1f}"),
+           ("peak_memory_mb", "peak MB", "{:.0f}"),
+           ("train_img_s_vs_reference", "train x ref", "{:.2f}"),
+           ("fisher_curve_vs_reference", "Fisher x ref", "{:.2f}"))
+
+
+def table(runs):
+    shown = [c for c in COLUMNS if any(c[0] in run for run in runs)]
+    lines = ["| T | " + " | ".join(title for _, title, _ in shown) + " |",
+             "|---|" + "---|" * len(shown)]
+    for run in runs:
+        cells = [fmt.format(run[key]) if key in run else "-" for key, _, fmt in shown]
+        lines.append(f"| {run['timesteps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    unknown = set(FLAGS.skip) - set(FIGURES)
+    if unknown:
+        raise UserError(f"--skip takes any of {', '.join(FIGURES)}; got {sorted(unknown)}.")
+    if not all(t.isdigit() and int(t) >= 1 for t in FLAGS.timesteps):
+        raise UserError("--timesteps takes positive integers, e.g. 4,10.")
+    if min(FLAGS.batch_size, FLAGS.train_steps, FLAGS.fisher_samples, FLAGS.repeats) < 1:
+        raise UserError("--batch_size, --train_steps, --fisher_samples and --repeats must be "
+                        "positive.")
+    results = {"machine": machine(FLAGS.xla), "arch": FLAGS.arch, "width": FLAGS.width,
+               "batch_size": FLAGS.batch_size, "fisher_samples": FLAGS.fisher_samples,
+               "repeats": FLAGS.repeats, "runs": []}
+    for steps in (int(t) for t in FLAGS.timesteps):
+        print(f"Benchmarking T={steps} ...", flush=True)
+        results["runs"].append(bench(steps))
+        print(table(results["runs"][-1:]), flush=True)
+        if FLAGS.json:  # after every T, so a long run keeps what it measured
+            write_json(FLAGS.json, results)
+    print(json.dumps(results["machine"]))
+    print(table(results["runs"]))
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
