@@ -3,7 +3,8 @@
     python scripts/bench_fisher.py --timesteps=4 --timesteps=10 --json=fisher_bench.json
 
 For ResNet19 (width 1/4, 32x32x3, 10 classes, random inputs) and each T, times:
-  exact       tic_tf.fisher.temporal_fisher over --samples samples (I_1..I_T, per-sample)
+  exact       tic_tf.fisher.temporal_fisher over --samples samples (I_1..I_T, per-sample),
+              and the peak memory while it runs
   batch_mean  the reference code's procedure (batch-mean gradient per batch of 16)
   loop        one GradientTape per sample and per t, eager (the plain Python loop) and
               compiled, timed on --loop_samples samples and scaled linearly to --samples
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tic_tf.timing import machine, median_time
+from tic_tf.timing import PeakMemory, machine, median_time
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import per_timestep_losses
 from tic_tf.losses import MeanLogitCrossEntropy
@@ -62,9 +63,11 @@ def bench(steps):
     model = build_model("resnet19", 10, steps, (32, 32, 3), width=FLAGS.width)
     data = (images, labels)
     figures = {"timesteps": steps, "samples": FLAGS.samples}
-    figures["exact_s"] = median_time(lambda: temporal_fisher(
-        model, data, FLAGS.samples, batch_size=FLAGS.batch_size, jit_compile=FLAGS.xla),
-        FLAGS.repeats)
+    with PeakMemory() as peak:
+        figures["exact_s"] = median_time(lambda: temporal_fisher(
+            model, data, FLAGS.samples, batch_size=FLAGS.batch_size, jit_compile=FLAGS.xla),
+            FLAGS.repeats)
+    figures["exact_peak_memory_mb"] = peak.mb
     figures["batch_mean_s"] = median_time(lambda: temporal_fisher(
         model, data, FLAGS.samples, method="batch_mean", batch_size=16,
         jit_compile=FLAGS.xla), FLAGS.repeats)
