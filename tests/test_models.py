@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
-from tic_tf.models import build_model, lif_layers, timesteps_of, with_timesteps
+from tic_tf.models import build_model, lif_layers, set_precision, timesteps_of, with_timesteps
 
 
 def trainable_count(model):
@@ -108,3 +108,38 @@ def test_pointwise_conv_equals_strided_conv2d_and_its_gradients(batch):
         loss = tf.reduce_sum(tf.square(ours(x)))
     input_grad, kernel_grad = tape.gradient(loss, [x, ours.kernel])
     assert input_grad.shape == x.shape and float(tf.reduce_sum(tf.abs(kernel_grad))) > 0
+
+
+@pytest.fixture
+def restore_precision():
+    yield
+    set_precision("none")
+
+
+def test_bfloat16_computes_convolutions_in_16_bits_and_spikes_in_float32(restore_precision):
+    set_precision("bfloat16")
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet19", 10, 2, (32, 32, 3), width=0.0625)
+    conv = model.get_layer("stage1_block1_1_conv_t")
+    assert conv.compute_dtype == "bfloat16" and conv.layer.kernel.dtype == "float32"
+    assert all(lif.compute_dtype == "float32" and lif.cell.compute_dtype == "float32"
+               for lif in lif_layers(model))
+    images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    assert model(images).dtype == "float32"
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), MeanLogitCrossEntropy())
+    before = model.get_layer("classifier_t").get_weights()[0].copy()
+    history = model.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.allclose(model.get_layer("classifier_t").get_weights()[0], before)
+
+
+def test_float16_training_gets_loss_scaling(restore_precision):
+    set_precision("float16")
+    model = build_model("resnet19", 10, 2, (32, 32, 3), width=0.0625)
+    model.compile(keras.optimizers.SGD(0.1), MeanLogitCrossEntropy())
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        set_precision("int8")

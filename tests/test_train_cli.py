@@ -45,6 +45,18 @@ def test_saved_model_serves_probabilities_equal_to_the_keras_model(trained_run):
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_bfloat16_training_runs_and_its_checkpoint_evaluates_in_float32(tiny_npz, tmp_path):
+    run_dir = tmp_path / "bf16"
+    result = run_tool("train", *train_args(tiny_npz, run_dir, "--mixed_precision=bfloat16",
+                                           "--epochs=1", "--fisher_every=0", "--export=false"))
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(open(run_dir / "flags.json").read())["run_settings"]
+    assert settings["mixed_precision"] == "bfloat16"
+    model, _ = checkpoints.load_model(str(run_dir))  # weights are float32 whatever the policy
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert np.isfinite(json.loads(open(run_dir / "results.json").read())["test_loss"])
+
+
 def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     resumed_dir = tmp_path / "resumed"

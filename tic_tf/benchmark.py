@@ -31,7 +31,7 @@ from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
-from tic_tf.models import ARCHITECTURES, build_model
+from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
 from tic_tf.timing import PeakMemory, machine, median_time
 
 # PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
@@ -45,8 +45,10 @@ flags.DEFINE_integer("batch_size", 32, "Batch size of every figure.")
 flags.DEFINE_integer("train_steps", 8, "Training steps per timed run.")
 flags.DEFINE_integer("fisher_samples", 256, "Samples of the Fisher curve.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (the median is reported).")
-flags.DEFINE_boolean("xla", True, "Compile training, inference and attacks with XLA (the "
-                     "Fisher estimator runs without: it is faster so on CPU).")
+flags.DEFINE_boolean("xla", False, "Compile training, inference and attacks with XLA (the "
+                     "Fisher estimator always runs without: slower with it on CPU).")
+flags.DEFINE_enum("mixed_precision", "none", sorted(PRECISIONS), "16-bit compute for every "
+                  "figure (bfloat16: CPUs with AVX512-BF16/AMX).")
 flags.DEFINE_list("skip", [], "Figures to leave out: any of train, infer, ceiling, fisher, pgd.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 FLAGS = flags.FLAGS
@@ -62,8 +64,7 @@ def relu_twin(model):
             layer["config"]["timesteps"] = 1
         elif layer["class_name"] == "LIF":
             layer.update(module="keras.layers", class_name="Activation", registered_name=None,
-                         config={"name": layer["config"]["name"], "activation": "relu",
-                                 "dtype": layer["config"].get("dtype")})
+                         config={"name": layer["config"]["name"], "activation": "relu"})
     return keras.Model.from_config(config)
 
 
@@ -147,7 +148,9 @@ def main(argv):
     if min(FLAGS.batch_size, FLAGS.train_steps, FLAGS.fisher_samples, FLAGS.repeats) < 1:
         raise UserError("--batch_size, --train_steps, --fisher_samples and --repeats must be "
                         "positive.")
-    results = {"machine": machine(FLAGS.xla), "arch": FLAGS.arch, "width": FLAGS.width,
+    set_precision(FLAGS.mixed_precision)
+    results = {"machine": machine(FLAGS.xla), "mixed_precision": FLAGS.mixed_precision,
+               "arch": FLAGS.arch, "width": FLAGS.width,
                "batch_size": FLAGS.batch_size, "fisher_samples": FLAGS.fisher_samples,
                "repeats": FLAGS.repeats, "runs": []}
     for steps in (int(t) for t in FLAGS.timesteps):

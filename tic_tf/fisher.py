@@ -148,8 +148,9 @@ def _layer_rows(layer, layer_input):
 def _layer_features(spec, layer_input):
     """What the per-sample gradient of the layer's parameters multiplies with the output
     gradient, `[batch, positions, features]`: the input rows (patches for convolutions) or,
-    for batch-norm, the normalised input."""
+    for batch-norm, the normalised input. Always float32, whatever the model's precision."""
     layer = spec.layer
+    layer_input = tf.cast(layer_input, tf.float32)
     if isinstance(layer, keras.layers.BatchNormalization):
         scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
         return _sample_major((layer_input - layer.moving_mean) * scale)
@@ -165,7 +166,7 @@ def _layer_sq_norm(spec, features, delta, live_steps):
     once and feeds every timestep.
     """
     layer = spec.layer
-    rows = _sample_major(delta)
+    rows = _sample_major(tf.cast(delta, tf.float32))
     if isinstance(spec.node, TimeFolded):
         steps = delta.shape[1]
         rows = rows[:, :rows.shape[1] * live_steps // steps]

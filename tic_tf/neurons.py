@@ -81,11 +81,16 @@ class LIFCell(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIF(keras.layers.Layer):
-    """Runs a LIFCell over the time axis of `[batch, time, ...]` inputs; returns spikes."""
+    """Runs a LIFCell over the time axis of `[batch, time, ...]` inputs; returns spikes.
+
+    It computes in float32 even under a mixed-precision policy: a bfloat16 membrane (8 bits
+    of mantissa) would blur the threshold crossing and the surrogate gradient near it.
+    """
 
     def __init__(self, tau=2.0, threshold=1.0, detach_reset=True, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.cell = LIFCell(tau, threshold, detach_reset, name="cell")
+        self.cell = LIFCell(tau, threshold, detach_reset, name="cell", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.cell.build((input_shape[0], *input_shape[2:]))

@@ -23,7 +23,7 @@ from tic_tf.data import (eval_dataset, get_spec, load_arrays, steps_per_epoch, t
 from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
-from tic_tf.models import ARCHITECTURES, build_model
+from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
 from tic_tf.serving import export_saved_model
 
 cli.define_data_flags()
@@ -56,7 +56,11 @@ flags.DEFINE_integer("fisher_every", 0, "Measure temporal Fisher information eve
                      "epochs on a fixed training subset (0: off).", lower_bound=0)
 flags.DEFINE_integer("fisher_samples", 64, "Training images used by --fisher_every.",
                      lower_bound=1)
-flags.DEFINE_boolean("xla", True, "Compile the training step with XLA (jit_compile).")
+flags.DEFINE_enum("mixed_precision", "none", sorted(PRECISIONS), "16-bit compute: bfloat16 "
+                  "(CPUs with AVX512-BF16/AMX, TPUs, recent GPUs) or float16 (GPUs, with loss "
+                  "scaling); the membrane, surrogate and logits stay float32.")
+flags.DEFINE_boolean("xla", False, "Compile the training step with XLA (jit_compile); on CPU "
+                     "it measured slower than TensorFlow's own kernels (see the README).")
 flags.DEFINE_boolean("export", True, "Write a SavedModel to <model_dir>/saved_model at the end.")
 flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, 1 progress bar, 2 one "
                      "line per epoch (default: 1 on a terminal, else 2).")
@@ -77,7 +81,7 @@ flags.register_validator("keep_checkpoints",
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
                 "loss", "alpha", "optimizer", "learning_rate", "lr_schedule", "lr_milestones", "momentum",
-                "weight_decay", "batch_size", "epochs", "seed")
+                "weight_decay", "batch_size", "epochs", "seed", "mixed_precision")
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
                "keep_checkpoints", "fisher_every", "fisher_samples", "xla", "export", "verbose")
 
@@ -129,6 +133,7 @@ def main(argv):
     steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
 
     keras.utils.set_random_seed(FLAGS.seed)
+    set_precision(FLAGS.mixed_precision)
     model_config = dict(arch=FLAGS.arch, num_classes=spec.num_classes,
                         timesteps=FLAGS.timesteps, input_shape=list(spec.image_shape),
                         width=FLAGS.width, tau=FLAGS.tau, threshold=FLAGS.threshold,
@@ -149,7 +154,7 @@ def main(argv):
     found = checkpoints.list_epochs(checkpoint_dir)
     if found:
         start_epoch, path = found[-1]
-        checkpoints.restore(path, model, optimizer)
+        checkpoints.restore(path, model, model.optimizer)  # maybe loss-scaled
         print(f"Resuming from {path} (epoch {start_epoch} of {FLAGS.epochs}).")
     write_json(os.path.join(run_dir, "flags.json"), {
         "run_settings": settings, "model": model_config,

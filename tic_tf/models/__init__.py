@@ -8,6 +8,21 @@ from tic_tf.models.plain import alexnet, vgg16
 from tic_tf.models.resnet import resnet19, resnet34
 from tic_tf.neurons import LIF, _check_neuron_args
 
+PRECISIONS = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def set_precision(name):
+    """Build later models with mixed precision: "none", "bfloat16" or "float16".
+
+    Convolutions and batch-norm then compute in 16 bits with float32 weights; the LIF membrane,
+    its surrogate gradient and the logits stay float32. Keras wraps the optimizer of a float16
+    model in a LossScaleOptimizer at compile time.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {name!r}.")
+    keras.mixed_precision.set_global_policy(PRECISIONS[name])
+
+
 ARCHITECTURES = {"resnet19": resnet19, "resnet34": resnet34, "vgg16": vgg16, "alexnet": alexnet}
 SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1))
 

@@ -42,5 +42,9 @@ def folded(layer):
 
 
 def classifier_head(x, num_classes, name="classifier"):
-    """Per-timestep logits `[batch, time, classes]` from a per-timestep feature vector."""
-    return folded(keras.layers.Dense(num_classes, name=name))(x)
+    """Per-timestep logits `[batch, time, classes]` from a per-timestep feature vector.
+
+    The logits stay float32 under mixed precision: losses, Fisher and attacks read them.
+    """
+    return TimeFolded(keras.layers.Dense(num_classes, name=name, dtype="float32"),
+                      name=f"{name}_t", dtype="float32")(x)
