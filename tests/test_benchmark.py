@@ -4,8 +4,7 @@ import json
 import numpy as np
 
 from conftest import run_tool
-from tic_tf.benchmark import relu_twin
-from tic_tf.models import build_model, lif_layers
+from tic_tf.models import build_model, lif_layers, relu_twin
 
 
 def test_relu_twin_is_the_same_network_without_spikes_at_one_timestep():

@@ -7,9 +7,8 @@ import tensorflow as tf
 from tic_tf import checkpoints
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import build_model
-from tic_tf.prune import auto_timesteps, compute_saved
 from tic_tf.pruning import (ConstantSparsity, PolynomialDecay, PruningSummaries,
-                            UpdatePruningStep, attach_masks, layer_sparsity, overall_sparsity,
+                            UpdatePruningStep, attach_masks, auto_timesteps, compute_saved, layer_sparsity, overall_sparsity,
                             prunable_layers, prune_to_sparsity, strip_pruning)
 from tic_tf.serving import export_saved_model
 

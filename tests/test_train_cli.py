@@ -2,12 +2,16 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_tool, train_args, write_npz
+from conftest import REPO, run_tool, train_args, write_npz
 from tic_tf import checkpoints
 
 
@@ -77,6 +81,56 @@ def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     resumed, _ = checkpoints.load_model(str(resumed_dir))
     for a, b in zip(original.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(trained_run, tmp_path):
+    npz, run_dir, _ = trained_run
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "tic_tf.train",
+                                *train_args(npz, killed_dir)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed_dir / "checkpoints" / "epoch-0001").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # during epoch 2
+    process.wait()
+    assert not (killed_dir / "checkpoints" / "epoch-0002").exists()
+    result = run_tool("train", *train_args(npz, killed_dir))
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from" in result.stdout
+    original, _ = checkpoints.load_model(str(run_dir))
+    resumed, _ = checkpoints.load_model(str(killed_dir))
+    for a, b in zip(original.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, tmp_path):
+    npz, run_dir, _ = trained_run
+    resumed_dir = tmp_path / "corrupt"
+    shutil.copytree(run_dir, resumed_dir)
+    newest = resumed_dir / "checkpoints" / "epoch-0002"
+    data_file = next(newest.glob("state.data-*"))
+    data_file.write_bytes(b"\0" * 16)  # truncated, as by a full disk
+    result = run_tool("train", *train_args(npz, resumed_dir))
+    assert result.returncode == 0, result.stderr
+    assert "skipping unreadable checkpoint" in result.stderr and "epoch-0002" in result.stderr
+    assert "Resuming from" in result.stdout and "epoch-0001" in result.stdout
+    original, _ = checkpoints.load_model(str(run_dir))
+    resumed, _ = checkpoints.load_model(str(resumed_dir))  # epoch 2 trained again
+    for a, b in zip(original.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_diverging_loss_stops_with_epoch_and_step_and_keeps_no_bad_checkpoint(tiny_npz,
+                                                                             tmp_path):
+    run_dir = tmp_path / "nan"
+    result = run_tool("train", *train_args(tiny_npz, run_dir, "--learning_rate=1e30",
+                                           "--fisher_every=0"))
+    assert result.returncode == 2
+    assert "The training loss became nan at epoch 1, step" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert checkpoints.list_epochs(run_dir / "checkpoints") == []
 
 
 def test_run_directory_with_other_settings_is_refused(trained_run):

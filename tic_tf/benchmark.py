@@ -31,7 +31,7 @@ from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
-from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
+from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, relu_twin, set_precision
 from tic_tf.timing import PeakMemory, machine, median_time
 
 # PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
@@ -54,18 +54,6 @@ flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 FLAGS = flags.FLAGS
 
 FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
-
-
-def relu_twin(model):
-    """`model` at one timestep with every LIF layer replaced by ReLU: the dense ceiling."""
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "RepeatOverTime":
-            layer["config"]["timesteps"] = 1
-        elif layer["class_name"] == "LIF":
-            layer.update(module="keras.layers", class_name="Activation", registered_name=None,
-                         config={"name": layer["config"]["name"], "activation": "relu"})
-    return keras.Model.from_config(config)
 
 
 def train_seconds_per_step(model, images, labels):

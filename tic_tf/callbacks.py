@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tic_tf import checkpoints, plots
 from tic_tf.atomic import write_text
+from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import lif_layers
 
@@ -26,6 +27,25 @@ class EpochCheckpoint(keras.callbacks.Callback):
         checkpoints.save(self.directory, epoch + 1, self.model, self.model_config,
                          self.model.optimizer)
         checkpoints.remove_stale(self.directory, self.keep_epochs)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, naming epoch and step.
+
+    It raises before the epoch ends, so no checkpoint of the diverged weights is written and
+    the last good one stays the newest.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            raise UserError(
+                f"The training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; "
+                "stopped, keeping the last complete checkpoint. Lower --learning_rate, or "
+                "resume with other settings in a new --model_dir.")
 
 
 class FiringRateMonitor(keras.callbacks.Callback):

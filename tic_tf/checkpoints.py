@@ -112,7 +112,7 @@ def restore(path, model, optimizer=None, extra=None):
         status.assert_existing_objects_matched()
         if optimizer is None:
             status.expect_partial()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
+    except Exception as error:  # a damaged file fails in many ways (IndexError, DataLoss...)
         raise UserError(f"Cannot restore checkpoint {path} into this model: "
                         f"{str(error).splitlines()[0]}") from error
 

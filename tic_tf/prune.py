@@ -30,7 +30,8 @@ from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import with_timesteps
-from tic_tf.pruning import PruningSummaries, attach_masks, overall_sparsity, prune_to_sparsity
+from tic_tf.pruning import (PruningSummaries, attach_masks, auto_timesteps, compute_saved,
+                            overall_sparsity, prune_to_sparsity)
 
 cli.define_data_flags()
 flags.DEFINE_string("checkpoint", None, "Trained checkpoint (epoch-NNNN) or run directory.")
@@ -59,19 +60,6 @@ flags.mark_flags_as_required(["checkpoint", "output_dir"])
 FLAGS = flags.FLAGS
 
 ROUND_RESULTS = "results.json"
-
-
-def compute_saved(train_epochs, retrain_epochs, rounds, timesteps, retrain_timesteps):
-    """The paper's compute saving in percent: N_r R (T - T_r) / (N T + N_r R T) * 100."""
-    total = train_epochs * timesteps + retrain_epochs * rounds * timesteps
-    return 100.0 * retrain_epochs * rounds * (timesteps - retrain_timesteps) / total
-
-
-def auto_timesteps(fisher_values, threshold):
-    """The smallest t (1-based) such that I_s < threshold * max(I) for every s > t."""
-    values = np.asarray(fisher_values, dtype=np.float64)
-    above = np.nonzero(values >= threshold * values.max())[0]
-    return int(above[-1]) + 1
 
 
 def _validate():

@@ -119,6 +119,19 @@ def overall_sparsity(masks):
     return zeros / sum(int(kernel.shape.num_elements()) for _, kernel, _ in masks.pairs())
 
 
+def compute_saved(train_epochs, retrain_epochs, rounds, timesteps, retrain_timesteps):
+    """The paper's compute saving in percent: N_r R (T - T_r) / (N T + N_r R T) * 100."""
+    total = train_epochs * timesteps + retrain_epochs * rounds * timesteps
+    return 100.0 * retrain_epochs * rounds * (timesteps - retrain_timesteps) / total
+
+
+def auto_timesteps(fisher_values, threshold):
+    """The smallest t (1-based) such that I_s < threshold * max(I) for every s > t."""
+    values = np.asarray(fisher_values, dtype=np.float64)
+    above = np.nonzero(values >= threshold * values.max())[0]
+    return int(above[-1]) + 1
+
+
 def strip_pruning(model):
     """A plain copy of `model`: same weights (pruned ones zero) and outputs, no masks or
     mask constraints, ready for `serving.export_saved_model`."""

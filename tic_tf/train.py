@@ -17,7 +17,8 @@ from absl import flags
 
 from tic_tf import checkpoints, cli
 from tic_tf.atomic import write_json
-from tic_tf.callbacks import EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger
+from tic_tf.callbacks import (EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger,
+                              StopOnNonFiniteLoss)
 from tic_tf.data import (eval_dataset, get_spec, load_arrays, steps_per_epoch, to_unit_range,
                          train_dataset)
 from tic_tf.errors import UserError
@@ -123,6 +124,26 @@ def make_optimizer(steps_per_epoch):
     return keras.optimizers.Adam(rate, weight_decay=decay)
 
 
+def restore_latest(checkpoint_dir, model):
+    """Restore the newest checkpoint that reads back; returns its epoch (0: none yet).
+
+    A corrupt or truncated checkpoint is reported and skipped in favour of the one before.
+    """
+    found = checkpoints.list_epochs(checkpoint_dir)
+    for epoch, path in reversed(found):
+        try:
+            checkpoints.restore(path, model, model.optimizer)  # maybe loss-scaled
+        except UserError as error:
+            print(f"warning: skipping unreadable checkpoint: {error}", file=sys.stderr)
+            continue
+        print(f"Resuming from {path} (epoch {epoch} of {FLAGS.epochs}).")
+        return epoch
+    if found:
+        raise UserError(f"No checkpoint in {checkpoint_dir} can be read; move it away to "
+                        "start the run over.")
+    return 0
+
+
 def main(argv):
     settings = run_settings()
     run_dir = FLAGS.model_dir or os.path.join(
@@ -150,12 +171,7 @@ def main(argv):
     model.compile(optimizer, loss=loss, metrics=metrics, jit_compile=FLAGS.xla)
 
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    start_epoch = 0
-    found = checkpoints.list_epochs(checkpoint_dir)
-    if found:
-        start_epoch, path = found[-1]
-        checkpoints.restore(path, model, model.optimizer)  # maybe loss-scaled
-        print(f"Resuming from {path} (epoch {start_epoch} of {FLAGS.epochs}).")
+    start_epoch = restore_latest(checkpoint_dir, model)
     write_json(os.path.join(run_dir, "flags.json"), {
         "run_settings": settings, "model": model_config,
         "all_flags": {name: FLAGS[name].value for name in sorted(RUN_SETTINGS + OTHER_FLAGS)}})
@@ -166,6 +182,7 @@ def main(argv):
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
+    callbacks.append(StopOnNonFiniteLoss())
     callbacks.append(FiringRateMonitor(to_unit_range(arrays.x_test[:64])))
     if FLAGS.fisher_every:
         count = min(FLAGS.fisher_samples, len(arrays.x_train))

@@ -76,6 +76,18 @@ def with_timesteps(model, timesteps):
     return clone
 
 
+def relu_twin(model):
+    """`model` at one timestep with every LIF layer replaced by ReLU: the dense ceiling."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "RepeatOverTime":
+            layer["config"]["timesteps"] = 1
+        elif layer["class_name"] == "LIF":
+            layer.update(module="keras.layers", class_name="Activation", registered_name=None,
+                         config={"name": layer["config"]["name"], "activation": "relu"})
+    return keras.Model.from_config(config)
+
+
 def run_on_frames(model, frames):
     """Logits of a `build_model` network fed a different image at each timestep.
 
