@@ -54,7 +54,7 @@ flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("eval_samples", None, "Test images to evaluate on (default all).")
 flags.DEFINE_integer("seed", 0, "Seed of the retraining data order.")
-flags.DEFINE_boolean("xla", True, "Compile the retraining step with XLA.")
+flags.DEFINE_boolean("xla", False, "Compile the retraining step with XLA (slower on CPU).")
 flags.DEFINE_integer("verbose", 2, "Keras progress output during retraining (0, 1 or 2).")
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 FLAGS = flags.FLAGS
