@@ -15,6 +15,14 @@ from conftest import REPO, run_tool, train_args, write_npz
 from tic_tf import checkpoints
 
 
+def assert_same_final_weights(run_dir, other_dir):
+    """The newest checkpoints of two runs hold bit-identical weights."""
+    original, _ = checkpoints.load_model(str(run_dir))
+    other, _ = checkpoints.load_model(str(other_dir))
+    for a, b in zip(original.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_run_directory_holds_every_output(trained_run):
     _, run_dir, result = trained_run
     assert "Test accuracy" in result.stdout
@@ -77,10 +85,7 @@ def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     assert not any("partial" in n for n in os.listdir(resumed_dir / "checkpoints"))
     records = [json.loads(line) for line in open(resumed_dir / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
-    original, _ = checkpoints.load_model(str(run_dir))
-    resumed, _ = checkpoints.load_model(str(resumed_dir))
-    for a, b in zip(original.get_weights(), resumed.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert_same_final_weights(run_dir, resumed_dir)
 
 
 def test_run_killed_with_sigkill_resumes_to_the_same_weights(trained_run, tmp_path):
@@ -99,10 +104,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(trained_run, tmp_pa
     result = run_tool("train", *train_args(npz, killed_dir))
     assert result.returncode == 0, result.stderr
     assert "Resuming from" in result.stdout
-    original, _ = checkpoints.load_model(str(run_dir))
-    resumed, _ = checkpoints.load_model(str(killed_dir))
-    for a, b in zip(original.get_weights(), resumed.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert_same_final_weights(run_dir, killed_dir)
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, tmp_path):
@@ -116,10 +118,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, t
     assert result.returncode == 0, result.stderr
     assert "skipping unreadable checkpoint" in result.stderr and "epoch-0002" in result.stderr
     assert "Resuming from" in result.stdout and "epoch-0001" in result.stdout
-    original, _ = checkpoints.load_model(str(run_dir))
-    resumed, _ = checkpoints.load_model(str(resumed_dir))  # epoch 2 trained again
-    for a, b in zip(original.get_weights(), resumed.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert_same_final_weights(run_dir, resumed_dir)  # epoch 2 trained again
 
 
 def test_diverging_loss_stops_with_epoch_and_step_and_keeps_no_bad_checkpoint(tiny_npz,
