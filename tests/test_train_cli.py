@@ -107,6 +107,32 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(trained_run, tmp_pa
     assert_same_final_weights(run_dir, killed_dir)
 
 
+def test_sigterm_saves_mid_epoch_and_resumes_to_the_same_weights(tmp_path):
+    npz = write_npz(tmp_path / "data.npz", train=256)  # 16 steps per epoch
+    args = lambda run_dir: train_args(npz, run_dir, "--fisher_every=0", "--export=false")  # noqa: E731
+    assert run_tool("train", *args(tmp_path / "straight")).returncode == 0
+    stopped_dir = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "tic_tf.train", *args(stopped_dir)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 300
+    while not (stopped_dir / "checkpoints" / "epoch-0001").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # during epoch 2
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert "Preempted (SIGTERM) at epoch 2, step" in stderr
+    assert (stopped_dir / "checkpoints" / "preempted").is_dir()
+    result = run_tool("train", *args(stopped_dir))
+    assert result.returncode == 0, result.stderr
+    assert "preempted (epoch 2, after step" in result.stdout
+    assert not (stopped_dir / "checkpoints" / "preempted").exists()
+    records = [json.loads(line) for line in open(stopped_dir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert_same_final_weights(tmp_path / "straight", stopped_dir)
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     resumed_dir = tmp_path / "corrupt"

@@ -135,6 +135,7 @@ class MetricsLogger(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             record[key] = value if isinstance(value, (dict, list)) else float(value)
         record["epoch_time_s"] = time.perf_counter() - self.epoch_start
+        self.start_epoch = epoch + 1  # a later fit() in this run keeps this record
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         with self.writer.as_default(step=epoch + 1):

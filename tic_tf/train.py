@@ -15,7 +15,7 @@ import time
 import keras
 from absl import flags
 
-from tic_tf import checkpoints, cli
+from tic_tf import checkpoints, cli, preemption
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import (EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger,
                               StopOnNonFiniteLoss)
@@ -25,6 +25,7 @@ from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
 from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
+from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
 cli.define_data_flags()
@@ -171,7 +172,9 @@ def main(argv):
     model.compile(optimizer, loss=loss, metrics=metrics, jit_compile=FLAGS.xla)
 
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    start_epoch = restore_latest(checkpoint_dir, model)
+    position = preemption.restore(checkpoint_dir, model)  # (epoch, step) if preempted
+    start_epoch = position[0] if position else restore_latest(checkpoint_dir, model)
+    first_step = position[1] if position else 0
     write_json(os.path.join(run_dir, "flags.json"), {
         "run_settings": settings, "model": model_config,
         "all_flags": {name: FLAGS[name].value for name in sorted(RUN_SETTINGS + OTHER_FLAGS)}})
@@ -190,16 +193,23 @@ def main(argv):
                                        arrays.y_train[:count], FLAGS.fisher_every,
                                        os.path.join(run_dir, "tensorboard")))
     callbacks += [EpochCheckpoint(checkpoint_dir, model_config, keep),
+                  PreemptionCheckpoint(checkpoint_dir, model_config, first_step),
                   MetricsLogger(run_dir, start_epoch)]
+    fit = dict(validation_data=test_data, validation_freq=FLAGS.eval_every,
+               callbacks=callbacks, verbose=verbose)
+    started = time.perf_counter()
+    if first_step:  # finish the preempted epoch from its next step, then train on as usual
+        rest, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
+                                FLAGS.seed, start_epoch, start_epoch + 1)
+        model.fit(rest.skip(first_step), epochs=start_epoch + 1, initial_epoch=start_epoch,
+                  steps_per_epoch=steps - first_step, **fit)
+        start_epoch += 1
     if start_epoch < FLAGS.epochs:
         train_data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
                                       FLAGS.seed, start_epoch, FLAGS.epochs)
-        started = time.perf_counter()
         model.fit(train_data, epochs=FLAGS.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps, validation_data=test_data,
-                  validation_freq=FLAGS.eval_every, callbacks=callbacks, verbose=verbose)
-        print(f"Trained epochs {start_epoch + 1}-{FLAGS.epochs} in "
-              f"{time.perf_counter() - started:.0f} s.")
+                  steps_per_epoch=steps, **fit)
+    print(f"Training done in {time.perf_counter() - started:.0f} s.")
     scores = model.evaluate(test_data, verbose=0, return_dict=True)
     loss, accuracy = scores["loss"], scores["accuracy"]
     write_json(os.path.join(run_dir, "results.json"),
