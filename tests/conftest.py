@@ -17,6 +17,15 @@ def run_tool(module, *args, cwd=None):
                           capture_output=True, text=True, timeout=600)
 
 
+def assert_fails_cleanly(result, message, *absent_paths, status=2):
+    """A tool refused bad input: exit `status` (None: any non-zero), `message` on stderr, no
+    traceback, and none of `absent_paths` written."""
+    assert result.returncode != 0 and status in (None, result.returncode), result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    for path in absent_paths:
+        assert not os.path.exists(path), path
+
+
 def write_npz(path, train=64, test=32, shape=(32, 32, 3), classes=10, seed=0, **overrides):
     """A small random image dataset in the .npz layout the tools accept."""
     rng = np.random.default_rng(seed)

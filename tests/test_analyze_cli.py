@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import run_tool, write_npz
+from conftest import assert_fails_cleanly, run_tool, write_npz
 
 
 def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
@@ -44,6 +44,4 @@ def test_bad_analysis_input_fails_cleanly(trained_run, tmp_path, args, message):
     out = tmp_path / "analysis"
     result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
                       f"--data_file={npz}", *args)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists()
+    assert_fails_cleanly(result, message, out)

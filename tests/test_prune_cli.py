@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import assert_fails_cleanly, run_tool
 from tic_tf import checkpoints
 
 
@@ -81,14 +81,11 @@ def test_bad_pruning_input_fails_cleanly(trained_run, tmp_path, extra, message):
     npz, run_dir, _ = trained_run
     out = tmp_path / "out"
     result = run_tool("prune", *prune_args(npz, run_dir, out, *extra))
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists()
+    assert_fails_cleanly(result, message, out)
 
 
 def test_missing_checkpoint_fails_cleanly(trained_run, tmp_path):
     npz, _, _ = trained_run
     out = tmp_path / "out"
     result = run_tool("prune", *prune_args(npz, tmp_path / "nothing", out))
-    assert result.returncode == 2 and "does not exist" in result.stderr
-    assert not out.exists()
+    assert_fails_cleanly(result, "does not exist", out)

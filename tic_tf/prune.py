@@ -25,6 +25,7 @@ from absl import flags
 
 from tic_tf import checkpoints, cli, plots
 from tic_tf.atomic import write_json, write_text
+from tic_tf.compiled import cached
 from tic_tf.data import get_spec, load_arrays, steps_per_epoch, to_unit_range, train_dataset
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
@@ -96,10 +97,13 @@ def _epoch_of(path):
     return int(name.split("-")[1])
 
 
-def _accuracy(model, images, labels):
+def _accuracy(model, test):
+    """Test accuracy of `model` on `test` = (images, labels); compiled once per model."""
+    predict = cached(model, "prune_predict", lambda: tf.function(
+        lambda x: tf.argmax(tf.reduce_mean(model(x, training=False), 1), -1,
+                            output_type=tf.int32)))
+    images, labels = test
     correct = 0
-    predict = tf.function(lambda x: tf.argmax(tf.reduce_mean(model(x, training=False), 1), -1,
-                                              output_type=tf.int32))
     for start in range(0, len(images), FLAGS.batch_size):
         correct += int(np.sum(predict(images[start:start + FLAGS.batch_size]).numpy()
                               == labels[start:start + FLAGS.batch_size]))
@@ -117,7 +121,7 @@ def _completed_rounds(track_dir):
             done.append(json.load(handle))
 
 
-def run_track(source, config, retrain_steps, arrays, spec, output_dir):
+def run_track(source, config, retrain_steps, arrays, test, spec, output_dir):
     """All rounds for one T_retrain; returns the list of per-round results."""
     track_dir = os.path.join(output_dir, f"T{retrain_steps}")
     done = _completed_rounds(track_dir)
@@ -138,8 +142,7 @@ def run_track(source, config, retrain_steps, arrays, spec, output_dir):
         previous = os.path.join(track_dir, f"round-{len(done):02d}")
         checkpoints.restore(previous, model, optimizer, extra={"masks": masks})
         print(f"T_retrain={retrain_steps}: resuming after round {len(done)} ({previous}).")
-    images = to_unit_range(arrays.x_test[:FLAGS.eval_samples])
-    labels = arrays.y_test[:FLAGS.eval_samples]
+    at_full_steps = with_timesteps(model, config["timesteps"])  # evaluation copy, at T
     for round_index in range(len(done) + 1, FLAGS.rounds + 1):
         target = 1.0 - (1.0 - FLAGS.fraction) ** round_index
         prune_to_sparsity(masks, target, FLAGS.scope)
@@ -153,9 +156,9 @@ def run_track(source, config, retrain_steps, arrays, spec, output_dir):
         result = {"round": round_index, "target_sparsity": target,
                   "sparsity": overall_sparsity(masks), "retrain_timesteps": retrain_steps,
                   "retrain_s": seconds,
-                  "accuracy_at_T": _accuracy(with_timesteps(model, config["timesteps"]),
-                                             images, labels),
-                  "accuracy_at_T_retrain": _accuracy(model, images, labels)}
+                  "accuracy_at_T_retrain": _accuracy(model, test)}
+        at_full_steps.set_weights(model.get_weights())
+        result["accuracy_at_T"] = _accuracy(at_full_steps, test)
         round_dir = os.path.join(track_dir, f"round-{round_index:02d}")
         checkpoints.write(round_dir, model, model_config, optimizer, extra={"masks": masks})
         write_json(os.path.join(round_dir, ROUND_RESULTS), result)
@@ -199,8 +202,9 @@ def main(argv):
     train_epochs = FLAGS.train_epochs or _epoch_of(path)
     arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
     source, _ = checkpoints.load_model(path)
-    images = to_unit_range(arrays.x_test[:FLAGS.eval_samples])
-    dense_accuracy = _accuracy(source, images, arrays.y_test[:FLAGS.eval_samples])
+    test = (to_unit_range(arrays.x_test[:FLAGS.eval_samples]),
+            arrays.y_test[:FLAGS.eval_samples])
+    dense_accuracy = _accuracy(source, test)
     print(f"Dense model {path}: {100 * dense_accuracy:.2f}% at T={timesteps}.")
 
     auto = None
@@ -216,7 +220,8 @@ def main(argv):
 
     tracks = []
     for retrain_steps in chosen:
-        rounds = run_track(source, config, retrain_steps, arrays, spec, FLAGS.output_dir)
+        rounds = run_track(source, config, retrain_steps, arrays, test, spec,
+                           FLAGS.output_dir)
         tracks.append({"retrain_timesteps": retrain_steps, "rounds": rounds,
                        "retrain_s": sum(r["retrain_s"] for r in rounds),
                        "formula_saving_percent": compute_saved(
@@ -227,7 +232,7 @@ def main(argv):
         track["measured_saving_percent"] = (None if full is None
                                             else 100.0 * (1.0 - track["retrain_s"] / full))
     summary = {"checkpoint": path, "timesteps": timesteps, "train_epochs": train_epochs,
-               "dense_accuracy": dense_accuracy, "test_images": len(images), "auto": auto,
+               "dense_accuracy": dense_accuracy, "test_images": len(test[0]), "auto": auto,
                "settings": {name: FLAGS[name].value for name in (
                    "rounds", "fraction", "scope", "retrain_epochs", "retrain_timesteps",
                    "learning_rate", "batch_size", "seed")},
