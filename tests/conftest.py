@@ -11,10 +11,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_SAMPLE = os.path.join(REPO, "..", "shared", "data", "cifar10_subset.npz")
 
 
-def run_tool(module, *args, cwd=None):
-    """Run `python -m tic_tf.<module> args...` as a user would; returns CompletedProcess."""
+def run_tool(module, *args, cwd=None, env=None):
+    """Run `python -m tic_tf.<module> args...` as a user would (with `env` added to the
+    environment); returns CompletedProcess."""
     return subprocess.run([sys.executable, "-m", f"tic_tf.{module}", *args], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def assert_fails_cleanly(result, message, *absent_paths, status=2):
@@ -50,6 +52,14 @@ def train_args(npz, model_dir, *extra):
             "--timesteps=2", "--batch_size=16", "--epochs=2", "--learning_rate=0.05",
             "--keep_checkpoints=1", "--fisher_every=1", "--fisher_samples=8", "--verbose=0",
             f"--model_dir={model_dir}", *extra]
+
+
+def prune_args(npz, run_dir, out, *extra):
+    """Two tiny pruning rounds of the checkpoint in `run_dir`, written to `out`."""
+    return [f"--checkpoint={run_dir}", f"--output_dir={out}", "--dataset=cifar10",
+            f"--data_file={npz}", "--rounds=2", "--fraction=0.5", "--retrain_epochs=1",
+            "--batch_size=16", "--eval_samples=16", "--fisher_samples=8", "--verbose=0",
+            *extra]
 
 
 @pytest.fixture(scope="session")

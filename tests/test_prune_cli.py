@@ -5,15 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_fails_cleanly, run_tool
+from conftest import assert_fails_cleanly, prune_args, run_tool
 from tic_tf import checkpoints
-
-
-def prune_args(npz, run_dir, out, *extra):
-    return [f"--checkpoint={run_dir}", f"--output_dir={out}", "--dataset=cifar10",
-            f"--data_file={npz}", "--rounds=2", "--fraction=0.5", "--retrain_epochs=1",
-            "--batch_size=16", "--eval_samples=16", "--fisher_samples=8", "--verbose=0",
-            *extra]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ optimizer, for resuming) and `model.json`, the arguments of `build_model`. It is
 a temporary name and renamed into place, so a killed run never leaves a partial checkpoint
 under a real name.
 """
+import hashlib
 import json
 import os
 import re
@@ -130,3 +131,11 @@ def load_model(path, timesteps=None):
     restore(path, model)
     return model, config
 
+
+
+def fingerprint(model):
+    """A short SHA-256 of the model's weights: equal only for bit-identical weights."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()[:16]

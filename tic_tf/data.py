@@ -173,6 +173,17 @@ def steps_per_epoch(count, batch_size):
     return count // batch_size
 
 
+def _shard_by_data():
+    # Every worker builds the whole pipeline and keeps its part of each global batch; there are
+    # no files to shard by, and the batches stay those of a one-device run.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
+
+
+_SHARD_BY_DATA = _shard_by_data()
+
+
 def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
     """Batches for epochs `start_epoch..epochs-1` and the number of steps per epoch.
 
@@ -200,7 +211,7 @@ def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
                .map(example, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size, drop_remainder=True)
                .prefetch(tf.data.AUTOTUNE))
-    return dataset, steps
+    return dataset.with_options(_SHARD_BY_DATA), steps
 
 
 def eval_dataset(images, labels, batch_size):
@@ -208,4 +219,5 @@ def eval_dataset(images, labels, batch_size):
     return (tf.data.Dataset.from_tensor_slices((images, labels))
             .batch(batch_size)
             .map(lambda x, y: (_to_unit_range(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(_SHARD_BY_DATA))

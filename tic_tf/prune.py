@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tic_tf import checkpoints, cli, plots
+from tic_tf import checkpoints, cli, distribute, plots
 from tic_tf.atomic import write_json, write_text
 from tic_tf.compiled import cached
 from tic_tf.data import get_spec, load_arrays, steps_per_epoch, to_unit_range, train_dataset
@@ -35,6 +35,7 @@ from tic_tf.pruning import (PruningSummaries, attach_masks, auto_timesteps, comp
                             overall_sparsity, prune_to_sparsity)
 
 cli.define_data_flags()
+distribute.define_flags()
 flags.DEFINE_string("checkpoint", None, "Trained checkpoint (epoch-NNNN) or run directory.")
 flags.DEFINE_string("output_dir", None, "Where the rounds, results and plot go.")
 flags.DEFINE_integer("rounds", 5, "Pruning rounds R.")
@@ -52,7 +53,8 @@ flags.DEFINE_integer("train_epochs", None, "Epochs N of the original training, f
 flags.DEFINE_float("learning_rate", 0.01, "Retraining learning rate (cosine decay per round).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (split over the strategy's "
+                     "replicas).")
 flags.DEFINE_integer("eval_samples", None, "Test images to evaluate on (default all).")
 flags.DEFINE_integer("seed", 0, "Seed of the retraining data order.")
 flags.DEFINE_boolean("xla", False, "Compile the retraining step with XLA (slower on CPU).")
@@ -121,27 +123,29 @@ def _completed_rounds(track_dir):
             done.append(json.load(handle))
 
 
-def run_track(source, config, retrain_steps, arrays, test, spec, output_dir):
-    """All rounds for one T_retrain; returns the list of per-round results."""
-    track_dir = os.path.join(output_dir, f"T{retrain_steps}")
-    done = _completed_rounds(track_dir)
+def run_track(strategy, source, config, retrain_steps, arrays, test, spec, write_dir):
+    """All rounds for one T_retrain, resumed from --output_dir and written to `write_dir`
+    (the same, except on non-chief workers); returns the list of per-round results."""
+    done = _completed_rounds(os.path.join(FLAGS.output_dir, f"T{retrain_steps}"))
     if len(done) == FLAGS.rounds:
         print(f"T_retrain={retrain_steps}: all {FLAGS.rounds} rounds already done.")
         return done
     steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
-    model = with_timesteps(source, retrain_steps)
-    masks = attach_masks(model)
-    schedule = keras.optimizers.schedules.CosineDecayRestarts(
-        FLAGS.learning_rate, first_decay_steps=FLAGS.retrain_epochs * steps)
-    optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
-                                     weight_decay=FLAGS.weight_decay or None)
-    model.compile(optimizer, MeanLogitCrossEntropy(), metrics=[accuracy_metric()],
-                  jit_compile=FLAGS.xla)
+    with strategy.scope():
+        model = with_timesteps(source, retrain_steps)
+        masks = attach_masks(model)
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(
+            FLAGS.learning_rate, first_decay_steps=FLAGS.retrain_epochs * steps)
+        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
+                                         weight_decay=FLAGS.weight_decay or None)
+        model.compile(optimizer, MeanLogitCrossEntropy(), metrics=[accuracy_metric()],
+                      jit_compile=FLAGS.xla)
+        if done:
+            previous = os.path.join(FLAGS.output_dir, f"T{retrain_steps}",
+                                    f"round-{len(done):02d}")
+            checkpoints.restore(previous, model, optimizer, extra={"masks": masks})
+            print(f"T_retrain={retrain_steps}: resuming after round {len(done)} ({previous}).")
     model_config = {**config, "timesteps": retrain_steps}
-    if done:
-        previous = os.path.join(track_dir, f"round-{len(done):02d}")
-        checkpoints.restore(previous, model, optimizer, extra={"masks": masks})
-        print(f"T_retrain={retrain_steps}: resuming after round {len(done)} ({previous}).")
     at_full_steps = with_timesteps(model, config["timesteps"])  # evaluation copy, at T
     for round_index in range(len(done) + 1, FLAGS.rounds + 1):
         target = 1.0 - (1.0 - FLAGS.fraction) ** round_index
@@ -149,9 +153,11 @@ def run_track(source, config, retrain_steps, arrays, test, spec, output_dir):
         data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
                                 FLAGS.seed + 1000 * round_index, 0, FLAGS.retrain_epochs)
         started = time.perf_counter()
-        model.fit(data, epochs=FLAGS.retrain_epochs, steps_per_epoch=steps,
-                  verbose=FLAGS.verbose, callbacks=[PruningSummaries(
-                      masks, os.path.join(output_dir, "tensorboard", f"T{retrain_steps}"))])
+        with strategy.scope():
+            distribute.fit(model, strategy, data, FLAGS.retrain_epochs, 0, steps,
+                           verbose=FLAGS.verbose, callbacks=[PruningSummaries(
+                               masks, os.path.join(write_dir, "tensorboard",
+                                                   f"T{retrain_steps}"))])
         seconds = time.perf_counter() - started
         result = {"round": round_index, "target_sparsity": target,
                   "sparsity": overall_sparsity(masks), "retrain_timesteps": retrain_steps,
@@ -159,7 +165,7 @@ def run_track(source, config, retrain_steps, arrays, test, spec, output_dir):
                   "accuracy_at_T_retrain": _accuracy(model, test)}
         at_full_steps.set_weights(model.get_weights())
         result["accuracy_at_T"] = _accuracy(at_full_steps, test)
-        round_dir = os.path.join(track_dir, f"round-{round_index:02d}")
+        round_dir = os.path.join(write_dir, f"T{retrain_steps}", f"round-{round_index:02d}")
         checkpoints.write(round_dir, model, model_config, optimizer, extra={"masks": masks})
         write_json(os.path.join(round_dir, ROUND_RESULTS), result)
         done.append(result)
@@ -190,7 +196,9 @@ def markdown(summary):
 
 
 def main(argv):
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)  # first, as in train
     requested = _validate()
+    distribute.check_batch_size(strategy, FLAGS.batch_size)
     path = checkpoints.resolve(FLAGS.checkpoint)
     config = checkpoints.read_model_config(path)
     spec = get_spec(FLAGS.dataset)
@@ -218,10 +226,20 @@ def main(argv):
     chosen = list(dict.fromkeys(auto["retrain_timesteps"] if v == "auto" else int(v)
                                 for v in requested))
 
+    summary = {"checkpoint": path, "timesteps": timesteps, "train_epochs": train_epochs,
+               "dense_accuracy": dense_accuracy, "test_images": len(test[0]), "auto": auto}
+    with distribute.output_dir(strategy, FLAGS.output_dir) as write_dir:
+        rounds = [run_track(strategy, source, config, steps, arrays, test, spec, write_dir)
+                  for steps in chosen]
+        summarise(summary, dict(zip(chosen, rounds)), write_dir)
+
+
+def summarise(summary, rounds_by_track, write_dir):
+    """Complete `summary` with every track's rounds and compute saved; write results.json,
+    results.md and the plot into `write_dir`."""
+    timesteps, train_epochs = summary["timesteps"], summary["train_epochs"]
     tracks = []
-    for retrain_steps in chosen:
-        rounds = run_track(source, config, retrain_steps, arrays, test, spec,
-                           FLAGS.output_dir)
+    for retrain_steps, rounds in rounds_by_track.items():
         tracks.append({"retrain_timesteps": retrain_steps, "rounds": rounds,
                        "retrain_s": sum(r["retrain_s"] for r in rounds),
                        "formula_saving_percent": compute_saved(
@@ -231,18 +249,15 @@ def main(argv):
     for track in tracks:  # measured: retraining time saved against retraining at T
         track["measured_saving_percent"] = (None if full is None
                                             else 100.0 * (1.0 - track["retrain_s"] / full))
-    summary = {"checkpoint": path, "timesteps": timesteps, "train_epochs": train_epochs,
-               "dense_accuracy": dense_accuracy, "test_images": len(test[0]), "auto": auto,
-               "settings": {name: FLAGS[name].value for name in (
-                   "rounds", "fraction", "scope", "retrain_epochs", "retrain_timesteps",
-                   "learning_rate", "batch_size", "seed")},
-               "tracks": tracks}
-    write_json(os.path.join(FLAGS.output_dir, "results.json"), summary)
-    write_text(os.path.join(FLAGS.output_dir, "results.md"), markdown(summary))
+    summary.update(settings={name: FLAGS[name].value for name in (
+        "rounds", "fraction", "scope", "retrain_epochs", "retrain_timesteps", "learning_rate",
+        "batch_size", "seed")}, tracks=tracks)
+    write_json(os.path.join(write_dir, "results.json"), summary)
+    write_text(os.path.join(write_dir, "results.md"), markdown(summary))
     plots.accuracy_vs_sparsity(
         {f"T_retrain={t['retrain_timesteps']}": (
             [r["sparsity"] for r in t["rounds"]], [r["accuracy_at_T"] for r in t["rounds"]])
-         for t in tracks}, os.path.join(FLAGS.output_dir, "accuracy_vs_sparsity.png"),
+         for t in tracks}, os.path.join(write_dir, "accuracy_vs_sparsity.png"),
         title=f"evaluated at T={timesteps}")
     print(markdown(summary))
 

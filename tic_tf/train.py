@@ -15,12 +15,13 @@ import time
 import keras
 from absl import flags
 
-from tic_tf import checkpoints, cli, preemption
+from tic_tf import checkpoints, cli, distribute, preemption
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import (EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger,
                               StopOnNonFiniteLoss)
 from tic_tf.data import (eval_dataset, get_spec, load_arrays, steps_per_epoch, to_unit_range,
                          train_dataset)
+from tic_tf.distribute import check_batch_size, make_strategy
 from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
@@ -29,6 +30,7 @@ from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
 cli.define_data_flags()
+distribute.define_flags()
 flags.DEFINE_enum("arch", "resnet19", sorted(ARCHITECTURES), "Network architecture.")
 flags.DEFINE_float("width", 1.0, "Channel width multiplier (1.0 = the paper's widths).")
 flags.DEFINE_integer("timesteps", 10, "Number of timesteps T.", lower_bound=1)
@@ -41,12 +43,16 @@ flags.DEFINE_float("alpha", 0.01, "alpha of --loss=alpha (paper, CIFAR10: 1e-3 l
                    "intermediate, 7e-2 high).", lower_bound=0.0)
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 0.3, "Initial learning rate.")
+flags.DEFINE_integer("lr_base_batch", 0, "Scale the learning rate linearly with the batch: "
+                     "rate = learning_rate * batch_size / lr_base_batch (0: no scaling).",
+                     lower_bound=0)
 flags.DEFINE_enum("lr_schedule", "cosine", ["cosine", "step", "constant"],
                   "cosine: decay to 0 over all epochs; step: x0.1 at each --lr_milestones epoch.")
 flags.DEFINE_list("lr_milestones", ["150", "225"], "Epochs at which the step schedule decays.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (Keras' decoupled form).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Global batch size (split over the strategy's "
+                     "replicas).", lower_bound=1)
 flags.DEFINE_integer("epochs", 300, "Number of training epochs.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, shuffling and augmentation.")
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>-<arch>-T<T>).")
@@ -82,10 +88,12 @@ flags.register_validator("keep_checkpoints",
 
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
-                "loss", "alpha", "optimizer", "learning_rate", "lr_schedule", "lr_milestones", "momentum",
-                "weight_decay", "batch_size", "epochs", "seed", "mixed_precision")
+                "loss", "alpha", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
+                "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
+                "mixed_precision")
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
-               "keep_checkpoints", "fisher_every", "fisher_samples", "xla", "export", "verbose")
+               "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu", "xla",
+               "export", "verbose")
 
 
 def run_settings():
@@ -112,6 +120,10 @@ def check_run_dir(run_dir, settings):
 def make_optimizer(steps_per_epoch):
     total_steps = FLAGS.epochs * steps_per_epoch
     rate = FLAGS.learning_rate
+    if FLAGS.lr_base_batch:  # the linear scaling rule (Goyal et al., 2017)
+        rate *= FLAGS.batch_size / FLAGS.lr_base_batch
+        print(f"Learning rate {rate:g} (--learning_rate x {FLAGS.batch_size} / "
+              f"{FLAGS.lr_base_batch}).")
     if FLAGS.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=total_steps)
     elif FLAGS.lr_schedule == "step":
@@ -145,44 +157,29 @@ def restore_latest(checkpoint_dir, model):
     return 0
 
 
-def main(argv):
-    settings = run_settings()
-    run_dir = FLAGS.model_dir or os.path.join(
-        "runs", f"{FLAGS.dataset}-{FLAGS.arch}-T{FLAGS.timesteps}")
-    check_run_dir(run_dir, settings)
-    spec = get_spec(FLAGS.dataset)
-    arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
-    steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    set_precision(FLAGS.mixed_precision)
+def build(strategy, spec, steps):
+    """The compiled model (in the strategy's scope) and the `build_model` arguments."""
     model_config = dict(arch=FLAGS.arch, num_classes=spec.num_classes,
                         timesteps=FLAGS.timesteps, input_shape=list(spec.image_shape),
                         width=FLAGS.width, tau=FLAGS.tau, threshold=FLAGS.threshold,
                         detach_reset=FLAGS.detach_reset, mean=list(spec.mean),
                         std=list(spec.std))
-    model = build_model(**model_config)
-    optimizer = make_optimizer(steps)
-    metrics = [accuracy_metric()]
-    if FLAGS.loss == "alpha":  # log every L_t, the quantity the alpha loss steers
-        loss = AlphaLoss(FLAGS.alpha)
-        metrics += per_timestep_loss_metrics(FLAGS.timesteps)
-    else:
-        loss = MeanLogitCrossEntropy()
-    model.compile(optimizer, loss=loss, metrics=metrics, jit_compile=FLAGS.xla)
+    with strategy.scope():
+        model = build_model(**model_config)
+        metrics = [accuracy_metric()]
+        if FLAGS.loss == "alpha":  # log every L_t, the quantity the alpha loss steers
+            loss = AlphaLoss(FLAGS.alpha)
+            metrics += per_timestep_loss_metrics(FLAGS.timesteps)
+        else:
+            loss = MeanLogitCrossEntropy()
+        model.compile(make_optimizer(steps), loss=loss, metrics=metrics, jit_compile=FLAGS.xla)
+    return model, model_config
 
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    position = preemption.restore(checkpoint_dir, model)  # (epoch, step) if preempted
-    start_epoch = position[0] if position else restore_latest(checkpoint_dir, model)
-    first_step = position[1] if position else 0
-    write_json(os.path.join(run_dir, "flags.json"), {
-        "run_settings": settings, "model": model_config,
-        "all_flags": {name: FLAGS[name].value for name in sorted(RUN_SETTINGS + OTHER_FLAGS)}})
 
-    test_data = eval_dataset(arrays.x_test, arrays.y_test, FLAGS.batch_size)
+def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbose):
     keep = (range(1, FLAGS.epochs + 1) if FLAGS.keep_checkpoints == ["all"]
             else [int(k) for k in FLAGS.keep_checkpoints])
-    verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks.append(StopOnNonFiniteLoss())
@@ -192,32 +189,71 @@ def main(argv):
         callbacks.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),
                                        arrays.y_train[:count], FLAGS.fisher_every,
                                        os.path.join(run_dir, "tensorboard")))
-    callbacks += [EpochCheckpoint(checkpoint_dir, model_config, keep),
-                  PreemptionCheckpoint(checkpoint_dir, model_config, first_step),
-                  MetricsLogger(run_dir, start_epoch)]
+    callbacks.append(EpochCheckpoint(checkpoint_dir, model_config, keep))
+    # Workers preempted one by one would leave the others waiting in a collective: a
+    # multi-worker job resumes from its epoch checkpoints instead.
+    if FLAGS.strategy != "multi_worker":
+        callbacks.append(PreemptionCheckpoint(checkpoint_dir, model_config, first_step))
+    callbacks.append(MetricsLogger(run_dir, start_epoch))
+    return callbacks
+
+
+def main(argv):
+    strategy = make_strategy(FLAGS.strategy, FLAGS.tpu)  # first: it sets up the collectives
+    settings = run_settings()
+    run_dir = FLAGS.model_dir or os.path.join(
+        "runs", f"{FLAGS.dataset}-{FLAGS.arch}-T{FLAGS.timesteps}")
+    check_run_dir(run_dir, settings)
+    check_batch_size(strategy, FLAGS.batch_size)
+    spec = get_spec(FLAGS.dataset)
+    arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
+    steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
+    keras.utils.set_random_seed(FLAGS.seed)
+    set_precision(FLAGS.mixed_precision)
+    model, model_config = build(strategy, spec, steps)
+    if strategy.num_replicas_in_sync > 1:
+        print(f"Training on {strategy.num_replicas_in_sync} replicas, "
+              f"{FLAGS.batch_size // strategy.num_replicas_in_sync} examples each per step.")
+    with strategy.scope(), distribute.output_dir(strategy, run_dir) as out_dir:
+        train(strategy, model, model_config, spec, arrays, run_dir, out_dir, settings)
+
+
+def train(strategy, model, model_config, spec, arrays, run_dir, out_dir, settings):
+    """Resume from `run_dir`'s checkpoints, train, evaluate and export into `out_dir`."""
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    position = preemption.restore(checkpoint_dir, model)  # (epoch, step) if preempted
+    start_epoch = position[0] if position else restore_latest(checkpoint_dir, model)
+    first_step = position[1] if position else 0
+    write_json(os.path.join(out_dir, "flags.json"), {
+        "run_settings": settings, "model": model_config,
+        "all_flags": {name: FLAGS[name].value for name in sorted(RUN_SETTINGS + OTHER_FLAGS)}})
+
+    test_data = eval_dataset(arrays.x_test, arrays.y_test, FLAGS.batch_size)
+    verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    callbacks = make_callbacks(arrays, out_dir, model_config, first_step, start_epoch, verbose)
     fit = dict(validation_data=test_data, validation_freq=FLAGS.eval_every,
                callbacks=callbacks, verbose=verbose)
     started = time.perf_counter()
     if first_step:  # finish the preempted epoch from its next step, then train on as usual
-        rest, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
-                                FLAGS.seed, start_epoch, start_epoch + 1)
-        model.fit(rest.skip(first_step), epochs=start_epoch + 1, initial_epoch=start_epoch,
-                  steps_per_epoch=steps - first_step, **fit)
+        rest, steps = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
+                                    FLAGS.seed, start_epoch, start_epoch + 1)
+        distribute.fit(model, strategy, rest.skip(first_step), start_epoch + 1, start_epoch,
+                       steps - first_step, **fit)
         start_epoch += 1
     if start_epoch < FLAGS.epochs:
-        train_data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
-                                      FLAGS.seed, start_epoch, FLAGS.epochs)
-        model.fit(train_data, epochs=FLAGS.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps, **fit)
+        train_data, steps = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
+                                           FLAGS.seed, start_epoch, FLAGS.epochs)
+        distribute.fit(model, strategy, train_data, FLAGS.epochs, start_epoch, steps, **fit)
     print(f"Training done in {time.perf_counter() - started:.0f} s.")
-    scores = model.evaluate(test_data, verbose=0, return_dict=True)
+    scores = distribute.evaluate(model, strategy, test_data)
     loss, accuracy = scores["loss"], scores["accuracy"]
-    write_json(os.path.join(run_dir, "results.json"),
+    write_json(os.path.join(out_dir, "results.json"),
                {"epochs": FLAGS.epochs, "test_loss": loss, "test_accuracy": accuracy,
                 "test_examples": len(arrays.x_test)})
     print(f"Test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(arrays.x_test)} images.")
+    print(f"Weights fingerprint {checkpoints.fingerprint(model)}")
     if FLAGS.export:
-        path = export_saved_model(model, os.path.join(run_dir, "saved_model"))
+        path = export_saved_model(model, os.path.join(out_dir, "saved_model"))
         print(f"SavedModel written to {path}")
 
 

@@ -2,6 +2,7 @@
 import keras
 import tensorflow as tf
 
+from tic_tf.models.blocks import synchronized_batch_norm
 from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
 from tic_tf.models.plain import alexnet, vgg16
@@ -63,7 +64,10 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
 
 
 def with_timesteps(model, timesteps):
-    """The same network and weights, run over a different number of timesteps."""
+    """The same network and weights, run over a different number of timesteps.
+
+    Built in a strategy's scope, the clone's batch-norm follows that strategy (see
+    `blocks.synchronized_batch_norm`)."""
     if int(timesteps) < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
     config = model.get_config()
@@ -71,6 +75,9 @@ def with_timesteps(model, timesteps):
     if len(repeats) != 1:
         raise ValueError("with_timesteps needs a model made by tic_tf.models.build_model.")
     repeats[0]["config"]["timesteps"] = int(timesteps)
+    for layer in config["layers"]:  # a clone built in a strategy's scope works under it
+        if layer["class_name"] == "BatchNormalization":
+            layer["config"]["synchronized"] = synchronized_batch_norm()
     clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
     return clone

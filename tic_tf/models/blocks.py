@@ -1,5 +1,6 @@
 """Building blocks shared by the spiking architectures; all act on `[batch, time, ...]`."""
 import keras
+import tensorflow as tf
 
 from tic_tf.models.layers import PointwiseConv2D, RepeatOverTime, TimeFolded
 from tic_tf.neurons import LIF
@@ -18,8 +19,16 @@ def conv(filters, kernel, stride, name):
     return layer(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)
 
 
+def synchronized_batch_norm():
+    """Whether batch-norm layers built now all-reduce their batch statistics: so under a
+    strategy with several replicas (in its scope), where they are then those of the global
+    batch, as on one device."""
+    return tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def batch_norm(name):
-    return keras.layers.BatchNormalization(name=name, **_BN)
+    return keras.layers.BatchNormalization(name=name, synchronized=synchronized_batch_norm(),
+                                           **_BN)
 
 
 def direct_coding_stem(images, filters, timesteps, neuron, name="stem"):
