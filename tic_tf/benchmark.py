@@ -19,6 +19,8 @@ Figures for the paper's PyTorch reference on the 2-core CPU machine of this proj
 are printed alongside as ratios when the settings match theirs.
 """
 import json
+import statistics
+import time
 
 import keras
 import numpy as np
@@ -32,6 +34,7 @@ from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, relu_twin, set_precision
+from tic_tf.neurons import recompute_states
 from tic_tf.timing import PeakMemory, machine, median_time
 
 # PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
@@ -42,11 +45,14 @@ flags.DEFINE_enum("arch", "resnet19", sorted(ARCHITECTURES), "Network architectu
 flags.DEFINE_float("width", 0.25, "Channel width multiplier.")
 flags.DEFINE_list("timesteps", ["4", "10"], "Values of T to benchmark.")
 flags.DEFINE_integer("batch_size", 32, "Batch size of every figure.")
-flags.DEFINE_integer("train_steps", 8, "Training steps per timed run.")
+flags.DEFINE_integer("train_steps", 8, "Timed training steps per run (after one more that "
+                     "starts the clock).")
 flags.DEFINE_integer("fisher_samples", 256, "Samples of the Fisher curve.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (the median is reported).")
 flags.DEFINE_boolean("xla", False, "Compile training, inference and attacks with XLA (the "
                      "Fisher estimator always runs without: slower with it on CPU).")
+flags.DEFINE_boolean("recompute", False, "Recompute LIF membranes and spikes in the "
+                     "backward pass (gradient checkpointing; see tic_tf.neurons).")
 flags.DEFINE_enum("mixed_precision", "none", sorted(PRECISIONS), "16-bit compute for every "
                   "figure (bfloat16: CPUs with AVX512-BF16/AMX).")
 flags.DEFINE_list("skip", [], "Figures to leave out: any of train, infer, ceiling, fisher, pgd.")
@@ -56,13 +62,35 @@ FLAGS = flags.FLAGS
 FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Seconds per training step between the first and the last step of a `fit` call: the
+    steady state of an epoch, without fit's own set-up and tear-down (measured at about
+    0.7 s per call here, which would swamp an 8-step run)."""
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # wait for the step to finish
+        self.ends.append(time.perf_counter())
+
+    def seconds_per_step(self):
+        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+
+
 def train_seconds_per_step(model, images, labels):
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), MeanLogitCrossEntropy(),
                   jit_compile=FLAGS.xla)
     data = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    seconds = median_time(lambda: model.fit(data, epochs=1, steps_per_epoch=FLAGS.train_steps,
-                                            verbose=0), FLAGS.repeats)
-    return seconds / FLAGS.train_steps
+    timer = StepTimer()
+    fit = lambda: model.fit(data, epochs=1, steps_per_epoch=FLAGS.train_steps + 1,  # noqa: E731
+                            verbose=0, callbacks=[timer])
+    fit()  # warm-up: tracing
+    timings = []
+    for _ in range(FLAGS.repeats):
+        fit()
+        timings.append(timer.seconds_per_step())
+    return statistics.median(timings)
 
 
 def bench(steps):
@@ -138,12 +166,14 @@ def main(argv):
                         "positive.")
     set_precision(FLAGS.mixed_precision)
     results = {"machine": machine(FLAGS.xla), "mixed_precision": FLAGS.mixed_precision,
+               "recompute": FLAGS.recompute,
                "arch": FLAGS.arch, "width": FLAGS.width,
                "batch_size": FLAGS.batch_size, "fisher_samples": FLAGS.fisher_samples,
                "repeats": FLAGS.repeats, "runs": []}
     for steps in (int(t) for t in FLAGS.timesteps):
         print(f"Benchmarking T={steps} ...", flush=True)
-        results["runs"].append(bench(steps))
+        with recompute_states(FLAGS.recompute):
+            results["runs"].append(bench(steps))
         print(table(results["runs"][-1:]), flush=True)
         if FLAGS.json:  # after every T, so a long run keeps what it measured
             write_json(FLAGS.json, results)

@@ -40,6 +40,21 @@ def surrogate_sharpness(sharpness):
         _sharpness.pop()
 
 
+_recompute = [False]
+
+
+@contextlib.contextmanager
+def recompute_states(enabled=True):
+    """Within the block, LIF layers traced keep only their input for the backward pass and
+    recompute membranes and spikes there (gradient checkpointing): less memory for long T,
+    one more LIF forward pass per step, the same values."""
+    _recompute.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _recompute.pop()
+
+
 def _check_neuron_args(tau, threshold):
     # tau <= 0.5 makes the decay 1 - 1/tau fall below -1, so the membrane diverges.
     if not tau > 0.5:
@@ -99,6 +114,9 @@ class LIF(keras.layers.Layer):
         steps = inputs.shape[1]
         if steps is None:
             raise ValueError("LIF needs a static number of timesteps (axis 1 of the input).")
+        return tf.recompute_grad(self._loop)(inputs) if _recompute[-1] else self._loop(inputs)
+
+    def _loop(self, inputs):
         # Only the membrane is carried between steps; the loop is unrolled at trace time.
         per_step = tf.unstack(inputs, axis=1)
         state = self.cell.get_initial_state(per_step[0])

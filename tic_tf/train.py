@@ -26,6 +26,7 @@ from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
 from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
+from tic_tf.neurons import recompute_states
 from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
@@ -67,6 +68,8 @@ flags.DEFINE_integer("fisher_samples", 64, "Training images used by --fisher_eve
 flags.DEFINE_enum("mixed_precision", "none", sorted(PRECISIONS), "16-bit compute: bfloat16 "
                   "(CPUs with AVX512-BF16/AMX, TPUs, recent GPUs) or float16 (GPUs, with loss "
                   "scaling); the membrane, surrogate and logits stay float32.")
+flags.DEFINE_boolean("recompute", False, "Recompute LIF membranes and spikes in the backward "
+                     "pass instead of storing them (less memory for long T, about 5% slower).")
 flags.DEFINE_boolean("xla", False, "Compile the training step with XLA (jit_compile); on CPU "
                      "it measured slower than TensorFlow's own kernels (see the README).")
 flags.DEFINE_boolean("export", True, "Write a SavedModel to <model_dir>/saved_model at the end.")
@@ -92,7 +95,7 @@ RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "de
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision")
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
-               "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu", "xla",
+               "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu", "recompute", "xla",
                "export", "verbose")
 
 
@@ -214,7 +217,8 @@ def main(argv):
     if strategy.num_replicas_in_sync > 1:
         print(f"Training on {strategy.num_replicas_in_sync} replicas, "
               f"{FLAGS.batch_size // strategy.num_replicas_in_sync} examples each per step.")
-    with strategy.scope(), distribute.output_dir(strategy, run_dir) as out_dir:
+    with strategy.scope(), distribute.output_dir(strategy, run_dir) as out_dir, \
+            recompute_states(FLAGS.recompute):
         train(strategy, model, model_config, spec, arrays, run_dir, out_dir, settings)
 
 
