@@ -9,14 +9,22 @@ the global batch, exactly as on one device. The callbacks see the calls `model.f
 import keras
 import tensorflow as tf
 
+from tic_tf.compiled import cached
 
-def _distributed_step(model, strategy, step):
-    @tf.function
-    def run(batch):
-        strategy.run(step, args=(batch,))
-        return model.get_metrics_result()  # cross-replica: summed over every worker
 
-    return run
+def _distributed_step(model, strategy, name):
+    """model.train_step or model.test_step over the replicas, compiled once per model."""
+    step = getattr(model, name)
+
+    def build():
+        @tf.function
+        def run(batch):
+            strategy.run(step, args=(batch,))
+            return model.get_metrics_result()  # cross-replica: summed over every worker
+
+        return run
+
+    return cached(model, f"multi_worker_{name}", build)
 
 
 def _to_floats(logs):
@@ -25,7 +33,7 @@ def _to_floats(logs):
 
 def evaluate(model, strategy, dataset):
     """Loss and compiled metrics of `model` over all of `dataset` (every worker must call it)."""
-    test = _distributed_step(model, strategy, model.test_step)
+    test = _distributed_step(model, strategy, "test_step")
     model.reset_metrics()
     logs = {}
     for batch in strategy.experimental_distribute_dataset(dataset):
@@ -40,7 +48,7 @@ def fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch, callba
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
         steps=steps_per_epoch, model=model)
     model.optimizer.build(model.trainable_variables)  # outside the replicas, once
-    train = _distributed_step(model, strategy, model.train_step)
+    train = _distributed_step(model, strategy, "train_step")
     batches = iter(strategy.experimental_distribute_dataset(dataset))
     model.stop_training = False
     callbacks.on_train_begin()
