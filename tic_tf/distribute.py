@@ -97,9 +97,9 @@ def evaluate(model, strategy, dataset):
 def is_chief(strategy):
     """Whether this process writes the run's files: always, unless it is a non-chief worker."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
-        return True
-    if resolver.task_type == "chief":
+    if isinstance(strategy, tf.distribute.TPUStrategy) or resolver is None:
+        return True  # one client process
+    if not resolver.task_type or resolver.task_type == "chief":
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief

@@ -95,8 +95,8 @@ RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "de
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision")
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
-               "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu", "recompute", "xla",
-               "export", "verbose")
+               "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu",
+               "recompute", "xla", "export", "verbose")
 
 
 def run_settings():
