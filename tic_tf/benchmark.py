@@ -19,7 +19,6 @@ Figures for the paper's PyTorch reference on the 2-core CPU machine of this proj
 are printed alongside as ratios when the settings match theirs.
 """
 import json
-import statistics
 import time
 
 import keras
@@ -35,7 +34,7 @@ from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, relu_twin, set_precision
 from tic_tf.neurons import recompute_states
-from tic_tf.timing import PeakMemory, machine, median_time
+from tic_tf.timing import PeakMemory, machine, median_of, median_time
 
 # PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
 # ResNet19 width 1/4, batch 32, T -> (train images/s, inference images/s, Fisher 256 s).
@@ -83,14 +82,13 @@ def train_seconds_per_step(model, images, labels):
                   jit_compile=FLAGS.xla)
     data = tf.data.Dataset.from_tensors((images, labels)).repeat()
     timer = StepTimer()
-    fit = lambda: model.fit(data, epochs=1, steps_per_epoch=FLAGS.train_steps + 1,  # noqa: E731
-                            verbose=0, callbacks=[timer])
-    fit()  # warm-up: tracing
-    timings = []
-    for _ in range(FLAGS.repeats):
-        fit()
-        timings.append(timer.seconds_per_step())
-    return statistics.median(timings)
+
+    def seconds_per_step():
+        model.fit(data, epochs=1, steps_per_epoch=FLAGS.train_steps + 1, verbose=0,
+                  callbacks=[timer])
+        return timer.seconds_per_step()
+
+    return median_of(seconds_per_step, FLAGS.repeats)
 
 
 def bench(steps):

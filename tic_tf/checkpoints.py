@@ -132,7 +132,6 @@ def load_model(path, timesteps=None):
     return model, config
 
 
-
 def fingerprint(model):
     """A short SHA-256 of the model's weights: equal only for bit-identical weights."""
     digest = hashlib.sha256()

@@ -77,19 +77,26 @@ def _check_tf_config():
                         f"{config['cluster']}.")
 
 
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several processes that must take every step together."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch, **options):
-    """`model.fit(dataset, ...)`, through `tic_tf.multi_worker` where Keras' own cannot run."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        multi_worker.fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch,
-                         **options)
-    else:
-        model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch, **options)
+    """`model.fit(dataset, ...)` in the strategy's scope, through `tic_tf.multi_worker` where
+    Keras' own cannot run."""
+    with strategy.scope():
+        if is_multi_worker(strategy):
+            multi_worker.fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch,
+                             **options)
+        else:
+            model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps_per_epoch, **options)
 
 
 def evaluate(model, strategy, dataset):
     """`model.evaluate(dataset)` as a dict of floats, under any strategy."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if is_multi_worker(strategy):
         return multi_worker.evaluate(model, strategy, dataset)
     return model.evaluate(dataset, verbose=0, return_dict=True)
 

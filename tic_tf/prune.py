@@ -153,11 +153,9 @@ def run_track(strategy, source, config, retrain_steps, arrays, test, spec, write
         data, _ = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
                                 FLAGS.seed + 1000 * round_index, 0, FLAGS.retrain_epochs)
         started = time.perf_counter()
-        with strategy.scope():
-            distribute.fit(model, strategy, data, FLAGS.retrain_epochs, 0, steps,
-                           verbose=FLAGS.verbose, callbacks=[PruningSummaries(
-                               masks, os.path.join(write_dir, "tensorboard",
-                                                   f"T{retrain_steps}"))])
+        distribute.fit(model, strategy, data, FLAGS.retrain_epochs, 0, steps,
+                       verbose=FLAGS.verbose, callbacks=[PruningSummaries(
+                           masks, os.path.join(write_dir, "tensorboard", f"T{retrain_steps}"))])
         seconds = time.perf_counter() - started
         result = {"round": round_index, "target_sparsity": target,
                   "sparsity": overall_sparsity(masks), "retrain_timesteps": retrain_steps,

@@ -9,15 +9,21 @@ import keras
 import tensorflow as tf
 
 
+def median_of(measure, repeats):
+    """Median of the values `measure()` returns over `repeats` runs, after one warm-up run."""
+    measure()
+    return statistics.median(measure() for _ in range(repeats))
+
+
 def median_time(fn, repeats):
     """Median wall time of `fn()` over `repeats` runs, after one untimed warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
+
+    def timed():
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    return median_of(timed, repeats)
 
 
 def machine(xla):

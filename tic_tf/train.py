@@ -179,7 +179,8 @@ def build(strategy, spec, steps):
     return model, model_config
 
 
-def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbose):
+def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbose,
+                   preemptible):
     keep = (range(1, FLAGS.epochs + 1) if FLAGS.keep_checkpoints == ["all"]
             else [int(k) for k in FLAGS.keep_checkpoints])
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
@@ -193,9 +194,7 @@ def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbo
                                        arrays.y_train[:count], FLAGS.fisher_every,
                                        os.path.join(run_dir, "tensorboard")))
     callbacks.append(EpochCheckpoint(checkpoint_dir, model_config, keep))
-    # Workers preempted one by one would leave the others waiting in a collective: a
-    # multi-worker job resumes from its epoch checkpoints instead.
-    if FLAGS.strategy != "multi_worker":
+    if preemptible:
         callbacks.append(PreemptionCheckpoint(checkpoint_dir, model_config, first_step))
     callbacks.append(MetricsLogger(run_dir, start_epoch))
     return callbacks
@@ -234,7 +233,10 @@ def train(strategy, model, model_config, spec, arrays, run_dir, out_dir, setting
 
     test_data = eval_dataset(arrays.x_test, arrays.y_test, FLAGS.batch_size)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    callbacks = make_callbacks(arrays, out_dir, model_config, first_step, start_epoch, verbose)
+    # Workers preempted one by one would leave the others waiting in a collective: a
+    # multi-worker job resumes from its epoch checkpoints instead.
+    callbacks = make_callbacks(arrays, out_dir, model_config, first_step, start_epoch, verbose,
+                               preemptible=not distribute.is_multi_worker(strategy))
     fit = dict(validation_data=test_data, validation_freq=FLAGS.eval_every,
                callbacks=callbacks, verbose=verbose)
     started = time.perf_counter()
