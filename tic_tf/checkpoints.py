@@ -10,12 +10,13 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import tensorflow as tf
 
 from tic_tf.atomic import partial_path, publish_dir, remove_partials, write_json
 from tic_tf.errors import UserError
-from tic_tf.models import build_model
+from tic_tf.models import build_model, with_timesteps
 
 _NAME = re.compile(r"^epoch-(\d{4,})$")
 MODEL_JSON = "model.json"
@@ -66,6 +67,19 @@ def remove_stale(directory, keep_epochs, keep_last=2):
 
 
 def read_model_config(path):
+    """The `build_model` arguments stored with checkpoint `path`.
+
+    Checkpoints written before batch-norm had modes pooled statistics over time: they read
+    back as batch_norm="shared", with a note."""
+    config = _read_json_config(path)
+    if "batch_norm" not in config:
+        print(f"note: {path} predates batch-norm modes; loading it as batch_norm='shared', "
+              "the semantics it was trained with.", file=sys.stderr)
+        config["batch_norm"] = "shared"
+    return config
+
+
+def _read_json_config(path):
     config_path = os.path.join(path, MODEL_JSON)
     if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(path, STATE + ".index")):
         raise UserError(f"{path} is not a tic_tf checkpoint (it needs {MODEL_JSON} and "
@@ -122,13 +136,14 @@ def load_model(path, timesteps=None):
     """Rebuild the model a checkpoint describes (optionally at another T) with its weights."""
     path = resolve(path)
     config = read_model_config(path)
-    if timesteps is not None:
-        config = {**config, "timesteps": int(timesteps)}
     try:
         model = build_model(**config)
     except (TypeError, ValueError) as error:
         raise UserError(f"{path}/{MODEL_JSON} does not describe a model: {error}") from error
     restore(path, model)
+    if timesteps is not None and int(timesteps) != config["timesteps"]:
+        model = with_timesteps(model, timesteps)
+        config = {**config, "timesteps": int(timesteps)}
     return model, config
 
 

@@ -158,6 +158,21 @@ def _to_unit_range(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
+def first_examples(arrays, train=0, test=0):
+    """`arrays` with only the first `train` training and `test` test examples (0: all):
+    fixed subsets for CPU-sized studies."""
+    subsets = {}
+    for split, count in (("train", train), ("test", test)):
+        images, labels = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
+        if count < 0 or count > len(images):
+            raise UserError(f"Asked for {count} {split} examples, but the data set has "
+                            f"{len(images)}; pass 0 (all) to {len(images)} to "
+                            f"--{split}_examples.")
+        if count:
+            subsets.update({f"x_{split}": images[:count], f"y_{split}": labels[:count]})
+    return dataclasses.replace(arrays, **subsets)
+
+
 def to_unit_range(images):
     """uint8 pixel arrays as float32 in [0, 1] (float arrays pass through)."""
     images = np.asarray(images)
@@ -184,8 +199,10 @@ def _shard_by_data():
 _SHARD_BY_DATA = _shard_by_data()
 
 
-def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
+def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs, augment=True):
     """Batches for epochs `start_epoch..epochs-1` and the number of steps per epoch.
+
+    augment: random crop (and flip where the data set allows it); off, the images as they are.
 
     Shuffling and augmentation are stateless functions of (seed, epoch, example), so a run
     resumed at any epoch sees exactly the batches an uninterrupted run would.
@@ -203,7 +220,9 @@ def train_dataset(images, labels, spec, batch_size, seed, start_epoch, epochs):
 
     def example(index, epoch):
         example_seed = tf.stack([tf.cast(seed, tf.int64) + 7919 * epoch, index])
-        image = _augment(tf.gather(images, index), example_seed, spec)
+        image = tf.gather(images, index)
+        if augment:
+            image = _augment(image, example_seed, spec)
         return _to_unit_range(image), tf.gather(labels, index)
 
     dataset = (tf.data.Dataset.range(start_epoch, epochs)

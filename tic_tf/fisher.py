@@ -6,7 +6,7 @@
 
 the squared norm of each sample's own gradient (Eq. 6), exactly, from one forward pass.
 
-How: every parameter lives in a Conv2D, Dense or BatchNormalization layer. For such a layer,
+How: every parameter lives in a Conv2D, Dense or batch-norm layer. For such a layer,
 the gradient of one sample's loss is a sum over that sample's positions (pixels and timesteps)
 of (layer input) x (gradient at the layer output). One forward pass records each layer's
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
@@ -29,7 +29,7 @@ from tic_tf.compiled import cached
 from tic_tf.data import to_unit_range
 from tic_tf.errors import UserError
 from tic_tf.losses import accumulated_logits, per_timestep_losses
-from tic_tf.models import TimeFolded, timesteps_of
+from tic_tf.models import TemporalBatchNorm, TimeFolded, timesteps_of
 from tic_tf.models.graph import run_layers
 
 LABEL_MODES = ("data", "model")
@@ -89,7 +89,7 @@ def block_of(layer_name):
 
 @dataclasses.dataclass
 class _ParamLayer:
-    layer: keras.layers.Layer   # the Conv2D / Dense / BatchNormalization itself
+    layer: keras.layers.Layer   # the Conv2D / Dense / (Temporal)BatchNormalization itself
     node: keras.layers.Layer    # the layer in the model graph (maybe a TimeFolded wrapper)
     block: int                  # index into the list of block names
 
@@ -101,10 +101,10 @@ def _parameter_layers(model):
             continue
         inner = node.layer if isinstance(node, TimeFolded) else node
         if not isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense,
-                                  keras.layers.BatchNormalization)):
+                                  keras.layers.BatchNormalization, TemporalBatchNorm)):
             raise UserError(f"temporal_fisher cannot handle layer {node.name} "
                             f"({type(inner).__name__}); it supports Conv2D, Dense and "
-                            "BatchNormalization parameters.")
+                            "batch-norm parameters.")
         block = block_of(inner.name)
         if block not in blocks:
             blocks.append(block)
@@ -154,7 +154,15 @@ def _layer_features(spec, layer_input):
     if isinstance(layer, keras.layers.BatchNormalization):
         scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
         return _sample_major((layer_input - layer.moving_mean) * scale)
+    if isinstance(layer, TemporalBatchNorm):
+        statistics = layer.inference_statistics(layer_input.shape[1])
+        return _sample_major(layer.standardize(layer_input, *statistics))
     return _layer_rows(layer, layer_input)
+
+
+def _is_time_major(node):
+    """Whether the node's tensors are `[batch, time, ...]` (all but the stem's)."""
+    return isinstance(node, (TimeFolded, TemporalBatchNorm))
 
 
 def _layer_sq_norm(spec, features, delta, live_steps):
@@ -167,11 +175,13 @@ def _layer_sq_norm(spec, features, delta, live_steps):
     """
     layer = spec.layer
     rows = _sample_major(tf.cast(delta, tf.float32))
-    if isinstance(spec.node, TimeFolded):
+    if _is_time_major(spec.node):
         steps = delta.shape[1]
         rows = rows[:, :rows.shape[1] * live_steps // steps]
         features = features[:, :features.shape[1] * live_steps // steps]
     bias_sum = tf.reduce_sum(tf.square(tf.reduce_sum(rows, 1)))
+    if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
+        return bias_sum + tf.reduce_sum(tf.square(tf.reduce_sum(rows * features, 1)))
     if isinstance(layer, keras.layers.BatchNormalization):
         total = bias_sum if layer.center else 0.0
         if layer.scale:

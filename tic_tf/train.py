@@ -19,13 +19,14 @@ from tic_tf import checkpoints, cli, distribute, preemption
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import (EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger,
                               StopOnNonFiniteLoss)
-from tic_tf.data import (eval_dataset, get_spec, load_arrays, steps_per_epoch, to_unit_range,
-                         train_dataset)
+from tic_tf.data import (eval_dataset, first_examples, get_spec, load_arrays, steps_per_epoch,
+                         to_unit_range, train_dataset)
 from tic_tf.distribute import check_batch_size, make_strategy
 from tic_tf.errors import UserError
 from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
-from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, set_precision
+from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
+                           set_precision)
 from tic_tf.neurons import recompute_states
 from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
@@ -38,6 +39,11 @@ flags.DEFINE_integer("timesteps", 10, "Number of timesteps T.", lower_bound=1)
 flags.DEFINE_float("tau", 2.0, "LIF membrane time constant; decay is 1 - 1/tau (> 0.5).")
 flags.DEFINE_float("threshold", 1.0, "LIF firing threshold.")
 flags.DEFINE_boolean("detach_reset", True, "Detach the membrane reset from the gradient.")
+flags.DEFINE_enum("batch_norm", "per_timestep", list(BATCH_NORM_MODES),
+                  "How batch-norm treats time. per_timestep: each timestep normalised with its "
+                  "own batch statistics in training (the paper's code); shared: statistics "
+                  "pooled over all timesteps (SpikingJelly multi-step, tdBN); time_specific: "
+                  "per-timestep statistics kept for inference too (BNTT).")
 flags.DEFINE_enum("loss", "ce", ["ce", "alpha"], "ce: cross-entropy of the mean logits; "
                   "alpha: (1/T) sum_t |L_t - alpha| (Eq. 10), steering Fisher information.")
 flags.DEFINE_float("alpha", 0.01, "alpha of --loss=alpha (paper, CIFAR10: 1e-3 low, 1e-2 "
@@ -55,6 +61,12 @@ flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (Keras' decoupled form)."
 flags.DEFINE_integer("batch_size", 128, "Global batch size (split over the strategy's "
                      "replicas).", lower_bound=1)
 flags.DEFINE_integer("epochs", 300, "Number of training epochs.", lower_bound=1)
+flags.DEFINE_integer("train_examples", 0, "Train on the first this many training examples "
+                     "only (0: all), a fixed subset for CPU-sized studies.", lower_bound=0)
+flags.DEFINE_integer("test_examples", 0, "Evaluate on the first this many test examples only "
+                     "(0: all).", lower_bound=0)
+flags.DEFINE_boolean("augment", True, "Random crop (pad 4) and, where the data set allows, "
+                     "horizontal flip of training images, as in the paper.")
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, shuffling and augmentation.")
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>-<arch>-T<T>).")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every this many epochs.",
@@ -91,9 +103,12 @@ flags.register_validator("keep_checkpoints",
 
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
-                "loss", "alpha", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
+                "batch_norm", "loss", "alpha", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
-                "mixed_precision")
+                "mixed_precision", "train_examples", "test_examples", "augment")
+# Their values in runs from before they existed (batch-norm then pooled over time).
+SETTINGS_ADDED_LATER = {"batch_norm": "shared", "train_examples": 0, "test_examples": 0,
+                        "augment": True}
 OTHER_FLAGS = ("data_dir", "manual_dir", "data_file", "model_dir", "eval_every",
                "keep_checkpoints", "fisher_every", "fisher_samples", "strategy", "tpu",
                "recompute", "xla", "export", "verbose")
@@ -113,6 +128,7 @@ def check_run_dir(run_dir, settings):
             previous = json.load(handle)["run_settings"]
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{path} is unreadable ({error}); use a new --model_dir.") from error
+    previous = {**SETTINGS_ADDED_LATER, **previous}
     changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
     if changed:
         listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -166,7 +182,7 @@ def build(strategy, spec, steps):
                         timesteps=FLAGS.timesteps, input_shape=list(spec.image_shape),
                         width=FLAGS.width, tau=FLAGS.tau, threshold=FLAGS.threshold,
                         detach_reset=FLAGS.detach_reset, mean=list(spec.mean),
-                        std=list(spec.std))
+                        std=list(spec.std), batch_norm=FLAGS.batch_norm)
     with strategy.scope():
         model = build_model(**model_config)
         metrics = [accuracy_metric()]
@@ -208,7 +224,8 @@ def main(argv):
     check_run_dir(run_dir, settings)
     check_batch_size(strategy, FLAGS.batch_size)
     spec = get_spec(FLAGS.dataset)
-    arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
+    arrays = first_examples(load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file),
+                            FLAGS.train_examples, FLAGS.test_examples)
     steps = steps_per_epoch(len(arrays.x_train), FLAGS.batch_size)
     keras.utils.set_random_seed(FLAGS.seed)
     set_precision(FLAGS.mixed_precision)
@@ -242,13 +259,14 @@ def train(strategy, model, model_config, spec, arrays, run_dir, out_dir, setting
     started = time.perf_counter()
     if first_step:  # finish the preempted epoch from its next step, then train on as usual
         rest, steps = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
-                                    FLAGS.seed, start_epoch, start_epoch + 1)
+                                    FLAGS.seed, start_epoch, start_epoch + 1, FLAGS.augment)
         distribute.fit(model, strategy, rest.skip(first_step), start_epoch + 1, start_epoch,
                        steps - first_step, **fit)
         start_epoch += 1
     if start_epoch < FLAGS.epochs:
         train_data, steps = train_dataset(arrays.x_train, arrays.y_train, spec, FLAGS.batch_size,
-                                           FLAGS.seed, start_epoch, FLAGS.epochs)
+                                           FLAGS.seed, start_epoch, FLAGS.epochs,
+                                           FLAGS.augment)
         distribute.fit(model, strategy, train_data, FLAGS.epochs, start_epoch, steps, **fit)
     print(f"Training done in {time.perf_counter() - started:.0f} s.")
     scores = distribute.evaluate(model, strategy, test_data)

@@ -2,6 +2,8 @@
 import keras
 import tensorflow as tf
 
+from tic_tf.models.batch_norm import (BATCH_NORM_MODES, TemporalBatchNorm,
+                                     check_batch_norm_mode)
 from tic_tf.models.blocks import synchronized_batch_norm
 from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
@@ -29,12 +31,15 @@ SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1))
 
 
 def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
-                detach_reset=True, mean=None, std=None):
+                detach_reset=True, mean=None, std=None, batch_norm="per_timestep"):
     """A `keras.Model` from images `[batch, H, W, C]` in [0, 1] to logits `[batch, T, classes]`.
 
     `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
     attacks, serving) all work in pixel space; left out, the images pass through unchanged.
-    The weights do not depend on `timesteps`: see `with_timesteps`.
+    batch_norm: how batch-norm after the stem treats time, "per_timestep" (the reference
+    code), "shared" or "time_specific"; see `tic_tf.models.batch_norm`.
+    The weights do not depend on `timesteps` (but for "time_specific" statistics, which
+    `with_timesteps` keeps): see `with_timesteps`.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")
@@ -49,6 +54,7 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     _check_neuron_args(tau, threshold)
+    check_batch_norm_mode(batch_norm)
     channels = input_shape[-1]
     mean = [0.0] * channels if mean is None else [float(m) for m in mean]
     std = [1.0] * channels if std is None else [float(s) for s in std]
@@ -59,7 +65,8 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     normalised = keras.layers.Normalization(
         mean=mean, variance=[s * s for s in std], name="normalize")(images)
     neuron = dict(tau=tau, threshold=threshold, detach_reset=detach_reset)
-    logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron)
+    logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron,
+                                 batch_norm)
     return keras.Model(images, logits, name=arch)
 
 
@@ -76,7 +83,7 @@ def with_timesteps(model, timesteps):
         raise ValueError("with_timesteps needs a model made by tic_tf.models.build_model.")
     repeats[0]["config"]["timesteps"] = int(timesteps)
     for layer in config["layers"]:  # a clone built in a strategy's scope works under it
-        if layer["class_name"] == "BatchNormalization":
+        if layer["class_name"] in ("BatchNormalization", "TemporalBatchNorm"):
             layer["config"]["synchronized"] = synchronized_batch_norm()
     clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
@@ -120,6 +127,6 @@ def lif_layers(model):
     return [layer for layer in model.layers if isinstance(layer, LIF)]
 
 
-__all__ = ["ARCHITECTURES", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
+__all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "TemporalBatchNorm", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
            "run_on_frames",
            "RepeatOverTime", "TimeFolded"]

@@ -2,6 +2,7 @@
 import keras
 import tensorflow as tf
 
+from tic_tf.models.batch_norm import TemporalBatchNorm
 from tic_tf.models.layers import PointwiseConv2D, RepeatOverTime, TimeFolded
 from tic_tf.neurons import LIF
 
@@ -27,8 +28,18 @@ def synchronized_batch_norm():
 
 
 def batch_norm(name):
+    """Batch-norm of images `[batch, H, W, C]` (the stem runs once, before time exists)."""
     return keras.layers.BatchNormalization(name=name, synchronized=synchronized_batch_norm(),
                                            **_BN)
+
+
+def temporal_batch_norm(x, mode, name):
+    """Batch-norm of spike-train features `[batch, time, ..., C]` in mode `mode` (see
+    `tic_tf.models.batch_norm`)."""
+    if mode == "shared":
+        return TimeFolded(batch_norm(name), name=f"{name}_t")(x)
+    return TemporalBatchNorm(mode, timesteps=x.shape[1], synchronized=synchronized_batch_norm(),
+                             name=name, **_BN)(x)
 
 
 def direct_coding_stem(images, filters, timesteps, neuron, name="stem"):
@@ -39,10 +50,10 @@ def direct_coding_stem(images, filters, timesteps, neuron, name="stem"):
     return LIF(**neuron, name=f"{name}_lif")(x)
 
 
-def conv_bn(x, filters, kernel, stride, name):
-    """Convolution + batch-norm over all timesteps at once (time folded into the batch)."""
+def conv_bn(x, filters, kernel, stride, bn_mode, name):
+    """Convolution over all timesteps at once (time folded into the batch) + batch-norm."""
     x = TimeFolded(conv(filters, kernel, stride, f"{name}_conv"), name=f"{name}_conv_t")(x)
-    return TimeFolded(batch_norm(f"{name}_bn"), name=f"{name}_bn_t")(x)
+    return temporal_batch_norm(x, bn_mode, f"{name}_bn")
 
 
 def folded(layer):

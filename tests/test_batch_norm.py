@@ -1,0 +1,175 @@
+"""Batch-norm modes against independent computations: Keras' BatchNormalization per timestep."""
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import REPO
+from tic_tf.models import TemporalBatchNorm, build_model
+from tic_tf.models.layers import TimeFolded
+
+MOMENTUM, EPSILON = 0.9, 1e-5
+
+
+def spike_features(shape, seed=0):
+    """Features `[batch, T, ..., C]` whose statistics differ per timestep, as spikes' do."""
+    rng = np.random.default_rng(seed)
+    steps = shape[1]
+    scale = np.linspace(0.5, 2.0, steps).reshape([1, steps] + [1] * (len(shape) - 2))
+    return (rng.normal(size=shape) * scale + scale).astype(np.float32)
+
+
+def randomised(layer, seed=1):
+    """Give `layer` non-trivial gamma, beta and moving statistics."""
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if i != 1 else
+                       rng.normal(size=w.shape).astype(np.float32)
+                       for i, w in enumerate(layer.get_weights())])
+    return layer
+
+
+def keras_bn(weights, rank):
+    """A Keras BatchNormalization for one timestep's `[batch, ..., C]` of rank `rank`."""
+    layer = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPSILON)
+    layer.build((None,) * (rank - 1) + (weights[0].shape[-1],))
+    layer.set_weights(weights)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8, 16), (4, 3, 7, 7, 8), (6, 4, 12)])
+def test_per_timestep_training_equals_keras_batch_norm_per_timestep_in_time_order(shape):
+    x = spike_features(shape)
+    ours = TemporalBatchNorm("per_timestep", momentum=MOMENTUM, epsilon=EPSILON)
+    ours.build(shape)
+    randomised(ours)
+    reference = keras_bn(ours.get_weights(), len(shape) - 1)
+    outputs = ours(x, training=True).numpy()
+    for t in range(shape[1]):  # T successive calls, as the reference loop makes them
+        expected = reference(x[:, t], training=True).numpy()
+        np.testing.assert_allclose(outputs[:, t], expected, rtol=1e-5, atol=1e-5)
+    for ours_w, ref_w in zip(ours.get_weights()[2:], reference.get_weights()[2:]):
+        np.testing.assert_allclose(ours_w, ref_w, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8, 16), (6, 4, 12)])
+def test_time_specific_equals_one_keras_batch_norm_per_timestep(shape):
+    x = spike_features(shape)
+    ours = TemporalBatchNorm("time_specific", timesteps=shape[1], momentum=MOMENTUM,
+                             epsilon=EPSILON)
+    ours.build(shape)
+    randomised(ours)
+    gamma, beta, mean, variance = ours.get_weights()
+    references = [keras_bn([gamma, beta, mean[t], variance[t]], len(shape) - 1)
+                  for t in range(shape[1])]
+    inference = ours(x, training=False).numpy()
+    for t, reference in enumerate(references):
+        np.testing.assert_allclose(inference[:, t], reference(x[:, t], training=False).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    training = ours(x, training=True).numpy()
+    for t, reference in enumerate(references):
+        np.testing.assert_allclose(training[:, t], reference(x[:, t], training=True).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ours.moving_mean.numpy()[t], reference.moving_mean.numpy(),
+                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ours.moving_variance.numpy()[t],
+                                   reference.moving_variance.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_time_specific_beyond_its_timesteps_reuses_the_last_and_refuses_to_train():
+    trained_steps = spike_features((4, 2, 5, 5, 6))
+    ours = TemporalBatchNorm("time_specific", timesteps=2)
+    ours.build(trained_steps.shape)
+    randomised(ours)
+    longer = spike_features((4, 4, 5, 5, 6), seed=3)
+    outputs = ours(longer, training=False).numpy()
+    gamma, beta, mean, variance = ours.get_weights()
+    last = keras_bn([gamma, beta, mean[1], variance[1]], 4)
+    for t in (1, 2, 3):
+        np.testing.assert_allclose(outputs[:, t], last(longer[:, t]).numpy(), rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="keeps statistics for 2 timesteps"):
+        ours(longer, training=True)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="batch_norm must be one of per_timestep, shared, "
+                                         "time_specific"):
+        build_model("resnet19", 10, 2, (32, 32, 3), width=1 / 16, batch_norm="tdbn")
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+def test_per_timestep_and_shared_models_agree_in_inference(shape):
+    per_timestep = build_model("resnet19", 10, 3, shape, width=1 / 16)
+    shared = build_model("resnet19", 10, 3, shape, width=1 / 16, batch_norm="shared")
+    assert any(isinstance(layer, TemporalBatchNorm) for layer in per_timestep.layers)
+    assert not any(isinstance(layer, TemporalBatchNorm) for layer in shared.layers)
+    for layer in per_timestep.layers:  # moving statistics away from their initial values
+        if isinstance(layer, TemporalBatchNorm):
+            randomised(layer)
+    shared.set_weights(per_timestep.get_weights())
+    images = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
+    np.testing.assert_allclose(per_timestep(images).numpy(), shared(images).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_per_timestep_under_bfloat16_matches_keras_batch_norm_under_bfloat16():
+    shape = (4, 3, 8, 8, 16)
+    x = spike_features(shape)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        ours = TemporalBatchNorm("per_timestep", momentum=MOMENTUM, epsilon=EPSILON)
+        ours.build(shape)
+        reference = keras_bn(ours.get_weights(), len(shape) - 1)
+        outputs = ours(x, training=True)
+        assert outputs.dtype == "bfloat16" and ours.moving_mean.dtype == "float32"
+        for t in range(shape[1]):
+            np.testing.assert_allclose(np.float32(outputs[:, t]),
+                                       np.float32(reference(x[:, t], training=True)),
+                                       rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(ours.moving_mean.numpy(), reference.moving_mean.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+TWO_REPLICAS = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tic_tf.models import TemporalBatchNorm
+
+x = np.random.default_rng(0).normal(size=(8, 3, 5, 5, 4)).astype(np.float32)
+x *= np.arange(1, 4, dtype=np.float32).reshape(1, 3, 1, 1, 1)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    synced = TemporalBatchNorm("per_timestep", synchronized=True)
+    synced.build(x.shape)
+halves = strategy.experimental_distribute_values_from_function(
+    lambda context: x[4 * context.replica_id_in_sync_group:][:4])
+outputs = strategy.run(tf.function(lambda h: synced(h, training=True)), args=(halves,))
+outputs = np.concatenate([o.numpy() for o in strategy.experimental_local_results(outputs)])
+single = TemporalBatchNorm("per_timestep")
+expected = single(x, training=True).numpy()
+print(float(np.max(np.abs(outputs - expected))),
+      float(np.max(np.abs(synced.moving_variance.numpy() - single.moving_variance.numpy()))))
+"""
+
+
+def test_per_timestep_statistics_are_those_of_the_global_batch_on_two_replicas():
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output_error, variance_error = map(float, result.stdout.split()[-2:])
+    assert output_error < 1e-5 and variance_error < 1e-5
+
+
+def test_shared_mode_keeps_the_layout_of_earlier_checkpoints():
+    model = build_model("resnet19", 10, 2, (32, 32, 3), width=1 / 16, batch_norm="shared")
+    wrapped = [layer for layer in model.layers if isinstance(layer, TimeFolded)
+               and isinstance(layer.layer, keras.layers.BatchNormalization)]
+    assert [layer.name for layer in wrapped][:2] == ["stage1_block1_1_bn_t",
+                                                     "stage1_block1_2_bn_t"]
