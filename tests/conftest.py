@@ -71,3 +71,38 @@ def trained_run(tmp_path_factory):
     result = run_tool("train", *train_args(npz, run_dir))
     assert result.returncode == 0, result.stderr
     return npz, run_dir, result
+
+
+def brightness_task(seed, count=32, shape=(28, 28, 1)):
+    """Images in [0, 1] whose class (0 dark, 1 bright) is their mean brightness."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 2).astype(np.int32)
+    images = rng.random((count, *shape)) * 0.3 + 0.1 + 0.4 * labels.reshape(-1, 1, 1, 1)
+    return images.astype(np.float32), labels
+
+
+def solved_model(seed, timesteps=3):
+    """A tiny ResNet19 that solves `brightness_task(seed)` by construction, not by training,
+    so that it works alike on every machine: random weights, batch-norm statistics (time-
+    specific after the stem) calibrated on the task's images, so that spikes reach the
+    classifier at every timestep, and a classifier fitted by least squares to the time-averaged pooled spikes
+    (the mean logits are linear in them; 32 features and a bias for 32 images, so the fit
+    interpolates its targets). Returns (model, images, labels)."""
+    import keras
+
+    from tic_tf.models import build_model, time_specific_twin
+
+    keras.utils.set_random_seed(seed)
+    images, labels = brightness_task(seed)
+    model = build_model("resnet19", 2, timesteps, images.shape[1:], width=1 / 16)
+    stem = keras.Model(model.inputs, model.get_layer("stem_conv").output)(images)
+    mean, variance = keras.ops.moments(stem, axes=[0, 1, 2])
+    model.get_layer("stem_bn").moving_mean.assign(mean)
+    model.get_layer("stem_bn").moving_variance.assign(variance)
+    model = time_specific_twin(model, images)
+    head = model.get_layer("classifier_t")
+    features = keras.Model(model.inputs, head.input)(images).numpy().mean(axis=1)
+    design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+    solution = np.linalg.lstsq(design, np.eye(2)[labels] * 2 - 1, rcond=None)[0]
+    head.layer.set_weights([solution[:-1].astype(np.float32), solution[-1].astype(np.float32)])
+    return model, images, labels

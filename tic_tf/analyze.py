@@ -10,26 +10,28 @@ checkpoints). Writes, into --output_dir:
   layer_heatmap.png      block x timestep Fisher of the last checkpoint (rows normalised)
   windows.json, window_deficits.png   with --analyses=...,windows: accuracy with Gaussian
                          noise only during timesteps [t, t+w-1], relative to the last window
+  diagnostics.json, firing_<moving|batch>_statistics.png, timestep_accuracy.png   with
+                         --analyses=...,diagnostics: spike rate per layer and timestep and
+                         accuracy per timestep on the test images, batch-norm in inference
+                         mode (moving statistics) and in training mode (batch statistics)
 """
 import os
 import re
 
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from tic_tf import checkpoints, cli, plots
 from tic_tf.atomic import write_json
-from tic_tf.corruptions import check_window, gaussian_noise, windowed_frames
 from tic_tf.data import get_spec, load_arrays, to_unit_range
+from tic_tf.diagnostics import BN_STATISTICS, TimestepProbe
 from tic_tf.fisher import LABEL_MODES, METHODS, temporal_fisher
-from tic_tf.losses import mean_logits
-from tic_tf.models import run_on_frames, timesteps_of
+from tic_tf.windows import window_accuracies
 
 cli.define_data_flags()
 flags.DEFINE_list("checkpoints", None, "Checkpoint directories and/or run directories.")
 flags.DEFINE_string("output_dir", None, "Where the JSON files and plots go.")
-flags.DEFINE_list("analyses", ["fisher"], "Any of: fisher, windows.")
+flags.DEFINE_list("analyses", ["fisher"], "Any of: fisher, windows, diagnostics.")
 flags.DEFINE_enum("split", "train", ["train", "test"], "Samples for the Fisher measurement.")
 flags.DEFINE_integer("num_samples", 256, "Samples for the Fisher measurement.", lower_bound=1)
 flags.DEFINE_enum("labels", "data", LABEL_MODES, "data: empirical Fisher (Eq. 6); model: "
@@ -42,14 +44,16 @@ flags.DEFINE_integer("timesteps", None, "Run the checkpoints at this T (default:
 flags.DEFINE_integer("window", 3, "Width of the noisy window of timesteps.", lower_bound=1)
 flags.DEFINE_float("noise", 0.5, "Window noise: l2 norm as a fraction of the image's norm.",
                    lower_bound=0.0)
-flags.DEFINE_integer("eval_samples", None, "Test images for the window analysis (default all).",
+flags.DEFINE_integer("eval_samples", None, "Test images for the window and diagnostics "
+                     "analyses (default all).",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed for model-drawn labels and noise.")
 flags.DEFINE_boolean("xla", False, "Compile the measurements with XLA (on CPU the Fisher "
                      "estimator runs 2-3x slower with it; see the README).")
 flags.mark_flags_as_required(["checkpoints", "output_dir"])
-flags.register_validator("analyses", lambda names: set(names) <= {"fisher", "windows"},
-                         "--analyses takes fisher and/or windows.")
+ANALYSES = ("fisher", "windows", "diagnostics")
+flags.register_validator("analyses", lambda names: set(names) <= set(ANALYSES),
+                         f"--analyses takes any of {', '.join(ANALYSES)}.")
 FLAGS = flags.FLAGS
 
 
@@ -67,28 +71,6 @@ def epoch_of(path):
     return int(match.group(1)) if match else None
 
 
-def window_accuracies(model, images, labels, window, noise, seed, batch_size):
-    """Accuracy with noise during [t, t+window-1] for every t; relative to the last window."""
-    steps = timesteps_of(model)
-    check_window(1, window, steps)
-    starts = list(range(1, steps - window + 2))
-    predict = tf.function(lambda frames: tf.argmax(mean_logits(run_on_frames(model, frames)),
-                                                   axis=-1, output_type=tf.int32))
-    correct = np.zeros(len(starts))
-    for index, begin in enumerate(range(0, len(images), batch_size)):
-        clean = tf.constant(images[begin:begin + batch_size])
-        noisy = gaussian_noise(clean, noise, seed=(seed, index))
-        for slot, start in enumerate(starts):
-            frames = windowed_frames(clean, noisy, steps, start, window)
-            correct[slot] += int(tf.reduce_sum(tf.cast(
-                predict(frames) == labels[begin:begin + batch_size], tf.int32)))
-    accuracy = correct / len(images)
-    # Undefined (None) when the last window leaves no image correctly classified.
-    relative = (accuracy / accuracy[-1]).tolist() if accuracy[-1] > 0 else None
-    return {"window": window, "noise": noise, "starts": starts,
-            "accuracy": accuracy.tolist(), "relative_to_last": relative}
-
-
 def main(argv):
     paths = expand_checkpoints(FLAGS.checkpoints)
     configs = [checkpoints.read_model_config(p) for p in paths]
@@ -101,7 +83,7 @@ def main(argv):
     test_images = to_unit_range(arrays.x_test[:FLAGS.eval_samples])
     test_labels = arrays.y_test[:FLAGS.eval_samples]
 
-    fisher_rows, window_rows = [], []
+    fisher_rows, window_rows, diagnostic_rows = [], [], []
     for path in paths:
         model, config = checkpoints.load_model(path, timesteps=FLAGS.timesteps)
         epoch = epoch_of(path)
@@ -119,6 +101,16 @@ def main(argv):
             window_rows.append({"checkpoint": path, "epoch": epoch, **windows})
             print(f"{path}: accuracy with noise in windows starting at {windows['starts']}: "
                   f"{np.round(windows['accuracy'], 3).tolist()}", flush=True)
+        if "diagnostics" in FLAGS.analyses:
+            probe = TimestepProbe(model)
+            results = {mode: probe(test_images, test_labels, mode, FLAGS.batch_size * 8)
+                       for mode in BN_STATISTICS}
+            diagnostic_rows.append({"checkpoint": path, "epoch": epoch,
+                                    **{m: r.to_json() for m, r in results.items()}})
+            for mode, result in results.items():
+                print(f"{path}: {mode} statistics, accuracy from timestep t alone "
+                      f"{np.round(result.accuracy_at, 3).tolist()}, deepest layer fires "
+                      f"{np.round(list(result.firing.values())[-1], 4).tolist()}", flush=True)
 
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
@@ -148,6 +140,17 @@ def main(argv):
         plots.window_deficits(last["starts"], last["relative_to_last" if relative else "accuracy"],
                               os.path.join(out, "window_deficits.png"), FLAGS.window,
                               relative=relative)
+    if diagnostic_rows:
+        write_json(os.path.join(out, "diagnostics.json"), {"settings": settings,
+                                                           "checkpoints": diagnostic_rows})
+        last = diagnostic_rows[-1]
+        name = f"epoch {last['epoch']}" if last["epoch"] else last["checkpoint"]
+        for mode in BN_STATISTICS:
+            firing = {layer: np.array(rates) for layer, rates in last[mode]["firing"].items()}
+            plots.firing_heatmap(firing, f"spike rate, {mode} statistics, {name}",
+                                 os.path.join(out, f"firing_{mode}_statistics.png"))
+        plots.timestep_accuracy({mode: last[mode] for mode in BN_STATISTICS},
+                                os.path.join(out, "timestep_accuracy.png"), name)
     print(f"Results written to {out}")
 
 

@@ -32,7 +32,8 @@ from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
-from tic_tf.models import ARCHITECTURES, PRECISIONS, build_model, relu_twin, set_precision
+from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model, relu_twin,
+                           set_precision)
 from tic_tf.neurons import recompute_states
 from tic_tf.timing import PeakMemory, machine, median_of, median_time
 
@@ -43,6 +44,9 @@ REFERENCE = {4: (41.5, 132.7, 17.8), 10: (14.6, 46.5, 118.7)}
 flags.DEFINE_enum("arch", "resnet19", sorted(ARCHITECTURES), "Network architecture.")
 flags.DEFINE_float("width", 0.25, "Channel width multiplier.")
 flags.DEFINE_list("timesteps", ["4", "10"], "Values of T to benchmark.")
+flags.DEFINE_enum("batch_norm", "per_timestep", list(BATCH_NORM_MODES), "Batch-norm mode of "
+                  "the benchmarked model (per_timestep: the reference code's semantics; "
+                  "shared: statistics pooled over time, as SpikingJelly's multi-step mode).")
 flags.DEFINE_integer("batch_size", 32, "Batch size of every figure.")
 flags.DEFINE_integer("train_steps", 8, "Timed training steps per run (after one more that "
                      "starts the clock).")
@@ -98,7 +102,8 @@ def bench(steps):
     labels = rng.integers(0, 10, len(images)).astype(np.int32)
     x, y = tf.constant(images[:batch]), tf.constant(labels[:batch])
     keras.utils.set_random_seed(0)
-    model = build_model(FLAGS.arch, 10, steps, (32, 32, 3), width=FLAGS.width)
+    model = build_model(FLAGS.arch, 10, steps, (32, 32, 3), width=FLAGS.width,
+                        batch_norm=FLAGS.batch_norm)
     figures = {"timesteps": steps}
     if "train" not in FLAGS.skip:
         with PeakMemory() as peak:
@@ -164,7 +169,7 @@ def main(argv):
                         "positive.")
     set_precision(FLAGS.mixed_precision)
     results = {"machine": machine(FLAGS.xla), "mixed_precision": FLAGS.mixed_precision,
-               "recompute": FLAGS.recompute,
+               "recompute": FLAGS.recompute, "batch_norm": FLAGS.batch_norm,
                "arch": FLAGS.arch, "width": FLAGS.width,
                "batch_size": FLAGS.batch_size, "fisher_samples": FLAGS.fisher_samples,
                "repeats": FLAGS.repeats, "runs": []}

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from tic_tf import checkpoints, plots
 from tic_tf.atomic import write_text
+from tic_tf.diagnostics import BN_STATISTICS, TimestepProbe
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
-from tic_tf.models import lif_layers
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -48,22 +48,38 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 "resume with other settings in a new --model_dir.")
 
 
-class FiringRateMonitor(keras.callbacks.Callback):
-    """Adds the mean spike rate of every LIF layer on fixed `images` to the epoch's logs."""
+class TimestepMonitor(keras.callbacks.Callback):
+    """Adds, on fixed test `images`, every LIF layer's mean spike rate (`firing_rate/<layer>`),
+    the accuracy per timestep (`timestep_accuracy/upto_t`: logits accumulated over 1..t;
+    `.../at_t`: timestep t alone), each with batch-norm in inference mode, and a
+    `diagnostics` record of both batch-norm modes to the logs; draws layer x timestep firing
+    heat maps of both into TensorBoard."""
 
-    def __init__(self, images):
+    def __init__(self, images, labels, log_dir):
         super().__init__()
-        self.images = images
+        self.data = (images, labels)
+        self.writer = tf.summary.create_file_writer(log_dir)
         self.probe = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self.probe is None:
-            layers = lif_layers(self.model)
-            self.names = [layer.name for layer in layers]
-            self.probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
-        rates = self.probe(self.images, training=False)
-        logs.update({f"firing_rate/{name}": float(tf.reduce_mean(rate))
-                     for name, rate in zip(self.names, rates)})
+            self.probe = TimestepProbe(self.model)
+        results = {mode: self.probe(*self.data, bn_statistics=mode) for mode in BN_STATISTICS}
+        moving = results["moving"]
+        if logs is not None:
+            logs.update({f"firing_rate/{name}": float(rates.mean())
+                         for name, rates in moving.firing.items()})
+            for t, (upto, at) in enumerate(zip(moving.accuracy_upto, moving.accuracy_at), 1):
+                logs[f"timestep_accuracy/upto_{t}"] = float(upto)
+                logs[f"timestep_accuracy/at_{t}"] = float(at)
+            logs["diagnostics"] = {mode: result.to_json() for mode, result in results.items()}
+        with self.writer.as_default(step=epoch + 1):
+            for mode, result in results.items():
+                png = plots.firing_heatmap(result.firing, f"spike rate, batch-norm {mode} "
+                                           f"statistics, epoch {epoch + 1}")
+                tf.summary.image(f"firing/layer_x_timestep_{mode}_statistics",
+                                 tf.image.decode_png(png)[None])
+        self.writer.flush()
 
 
 class FisherMonitor(keras.callbacks.Callback):

@@ -48,6 +48,18 @@ def centroids(epochs, values, path=None):
     return _save(figure, path)
 
 
+def centroids_by_label(series, path=None):
+    """Information centroid against epoch, one line per label ({label: (epochs, values)})."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, (epochs, values) in series.items():
+        axis.plot(epochs, values, marker="o", label=str(label))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("information centroid")
+    axis.set_title("Information centroid during training")
+    axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
 def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", ylabel=""):
     """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
     matrix = np.asarray(matrix, dtype=float)
@@ -60,6 +72,31 @@ def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", y
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     figure.colorbar(image, ax=axis)
+    return _save(figure, path)
+
+
+def firing_heatmap(firing, title, path=None):
+    """Spike rate per LIF layer (rows, {layer: rates per timestep}) and timestep."""
+    rates = np.stack(list(firing.values()))
+    return heatmap(rates, list(firing), range(1, rates.shape[1] + 1), path, title=title,
+                   xlabel="timestep")
+
+
+def timestep_accuracy(results, path=None, title=""):
+    """Accuracy from timesteps 1..t and from timestep t alone, per batch-norm statistics mode
+    ({mode: diagnostics JSON})."""
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for mode, result in results.items():
+        steps = np.arange(1, len(result["accuracy_at"]) + 1)
+        line, = axis.plot(steps, result["accuracy_upto"], marker="o", label=f"{mode}: 1..t")
+        axis.plot(steps, result["accuracy_at"], marker="x", linestyle="--",
+                  color=line.get_color(), label=f"{mode}: t alone")
+        axis.set_xticks(steps)
+    axis.set_xlabel("timestep t")
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(0, 1)
+    axis.set_title(f"Accuracy per timestep {title}".strip())
+    axis.legend(fontsize="small")
     return _save(figure, path)
 
 

@@ -17,8 +17,8 @@ from absl import flags
 
 from tic_tf import checkpoints, cli, distribute, preemption
 from tic_tf.atomic import write_json
-from tic_tf.callbacks import (EpochCheckpoint, FiringRateMonitor, FisherMonitor, MetricsLogger,
-                              StopOnNonFiniteLoss)
+from tic_tf.callbacks import (EpochCheckpoint, FisherMonitor, MetricsLogger,
+                              StopOnNonFiniteLoss, TimestepMonitor)
 from tic_tf.data import (eval_dataset, first_examples, get_spec, load_arrays, steps_per_epoch,
                          to_unit_range, train_dataset)
 from tic_tf.distribute import check_batch_size, make_strategy
@@ -100,6 +100,8 @@ flags.register_validator("lr_milestones", lambda ms: all(m.isdigit() for m in ms
 flags.register_validator("keep_checkpoints",
                          lambda ks: ks == ["all"] or all(k.isdigit() for k in ks),
                          "--keep_checkpoints must be 'all' or a comma-separated list of epochs.")
+
+DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-timestep accuracy
 
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
@@ -203,7 +205,9 @@ def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbo
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks.append(StopOnNonFiniteLoss())
-    callbacks.append(FiringRateMonitor(to_unit_range(arrays.x_test[:64])))
+    callbacks.append(TimestepMonitor(to_unit_range(arrays.x_test[:DIAGNOSTIC_IMAGES]),
+                                     arrays.y_test[:DIAGNOSTIC_IMAGES],
+                                     os.path.join(run_dir, "tensorboard")))
     if FLAGS.fisher_every:
         count = min(FLAGS.fisher_samples, len(arrays.x_train))
         callbacks.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),

@@ -1,4 +1,6 @@
 """Spiking architectures and `build_model`, which maps images to per-timestep logits."""
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -90,6 +92,36 @@ def with_timesteps(model, timesteps):
     return clone
 
 
+def time_specific_twin(model, images):
+    """A per-timestep batch-norm `model` turned time-specific (BNTT statistics), same weights.
+
+    The two modes train identically (each timestep normalised by its own batch statistics);
+    they differ only in what inference uses. The twin's statistics of timestep t are those
+    of `images` (one batch, in [0, 1]) at timestep t, computed as training computes them.
+    """
+    config = model.get_config()
+    norms = [layer for layer in config["layers"] if layer["class_name"] == "TemporalBatchNorm"]
+    if not norms or any(layer["config"]["mode"] != "per_timestep" for layer in norms):
+        raise ValueError("time_specific_twin needs a model built with batch_norm='per_timestep'.")
+    steps = timesteps_of(model)
+    for layer in norms:
+        layer["config"].update(mode="time_specific", timesteps=steps, momentum=0.0)
+    twin = keras.Model.from_config(copy.deepcopy(config))  # from_config consumes its input
+    for ours, theirs in zip(twin.layers, model.layers):
+        if isinstance(ours, TemporalBatchNorm):  # gamma, beta; statistics come next
+            ours.gamma.assign(theirs.gamma)
+            ours.beta.assign(theirs.beta)
+        else:
+            ours.set_weights(theirs.get_weights())
+    twin(images, training=True)  # momentum 0: the moving statistics become these batch's
+    for layer in norms:
+        layer["config"]["momentum"] = next(
+            theirs.momentum for theirs in model.layers if theirs.name == layer["config"]["name"])
+    calibrated = keras.Model.from_config(config)
+    calibrated.set_weights(twin.get_weights())
+    return calibrated
+
+
 def relu_twin(model):
     """`model` at one timestep with every LIF layer replaced by ReLU: the dense ceiling."""
     config = model.get_config()
@@ -128,5 +160,5 @@ def lif_layers(model):
 
 
 __all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "TemporalBatchNorm", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
-           "run_on_frames",
+           "run_on_frames", "time_specific_twin",
            "RepeatOverTime", "TimeFolded"]
