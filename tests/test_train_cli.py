@@ -162,6 +162,9 @@ def test_run_directory_with_other_settings_is_refused(trained_run):
     result = run_tool("train", *train_args(npz, run_dir, "--timesteps=3"))
     assert result.returncode == 2
     assert "timesteps: 2 -> 3" in result.stderr and "new --model_dir" in result.stderr
+    result = run_tool("train", *train_args(npz, run_dir, "--batch_norm=shared"))
+    assert result.returncode == 2
+    assert "batch_norm: 'per_timestep' -> 'shared'" in result.stderr
     assert sorted(os.listdir(run_dir / "checkpoints")) == before
 
 
@@ -212,6 +215,8 @@ def test_export_refuses_checkpoint_of_another_architecture(trained_run, tmp_path
     (["--data_file={tmp}/shape.npz"], "has shape"),
     (["--batch_size=1000"], "exceeds the 64 training examples"),
     (["--loss=alpha", "--alpha=-1"], "alpha"),
+    (["--batch_norm=tdbn"], "--batch_norm"),
+    (["--train_examples=65"], "Asked for 65 train examples, but the data set has 64"),
 ])
 def test_bad_training_input_fails_cleanly(tmp_path, extra, message):
     write_npz(tmp_path / "keys.npz", x_test=None)
