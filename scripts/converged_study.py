@@ -5,7 +5,8 @@ batch-norm mode, with both Fisher estimators and the early-timestep diagnostics.
         --dataset=fashion_mnist --data_file=../shared/data/fashion_mnist.npz
 
 Each run directory is a `tic_tf.train` run with --fisher_every and --keep_checkpoints=all. For
-its first Fisher-monitored epoch, the epoch of peak information centroid and its last epoch,
+its first Fisher-monitored epoch, the epoch of peak information centroid and its last epoch
+(only the last with --last_only),
 the study measures on the same training samples the exact per-sample Fisher (per block) and
 the reference's batch-mean approximation, the per-timestep firing and accuracy on test images
 with batch-norm in inference and in training mode, and the time-window noise deficits
@@ -36,6 +37,8 @@ flags.DEFINE_integer("fisher_samples", 256, "Training samples of each Fisher mea
 flags.DEFINE_integer("eval_samples", 1000, "Test images of the diagnostics and windows.")
 flags.DEFINE_integer("calibration_samples", 512, "Training images that calibrate the "
                      "time-specific twin's statistics.")
+flags.DEFINE_boolean("last_only", False, "Measure only the last monitored epoch (the study "
+                     "at a fraction of the time).")
 flags.DEFINE_integer("window", 2, "Width of the noisy window of timesteps (Fig. 2).")
 flags.mark_flags_as_required(["runs", "output_dir"])
 FLAGS = flags.FLAGS
@@ -45,6 +48,8 @@ def chosen_epochs(records):
     """First monitored epoch, epoch of peak information centroid, last monitored epoch."""
     monitored = [r for r in records if "fisher/centroid" in r]
     peak = max(monitored, key=lambda r: r["fisher/centroid"])
+    if FLAGS.last_only:
+        return [monitored[-1]["epoch"]]
     return sorted({monitored[0]["epoch"], peak["epoch"], monitored[-1]["epoch"]})
 
 
@@ -69,7 +74,8 @@ def main(argv):
     calibration = to_unit_range(arrays.x_train[:FLAGS.calibration_samples])
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     study = {"settings": {name: FLAGS[name].value for name in (
-        "dataset", "fisher_samples", "eval_samples", "calibration_samples", "window")},
+        "dataset", "fisher_samples", "eval_samples", "calibration_samples", "window",
+        "last_only")},
         "runs": {}}
     for run_dir in FLAGS.runs:
         records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
