@@ -16,6 +16,7 @@ setup(
         "absl-py>=1.4",
         "numpy>=1.26",
         "matplotlib>=3.7",  # the PNG plots of the analysis command
+        "scikit-learn>=1.2",  # its bundled digits are the data set that needs no download
     ],
     extras_require={
         # Pick one TensorFlow build: tensorflow-cpu is smaller and has no CUDA libraries.

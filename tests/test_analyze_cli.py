@@ -11,7 +11,7 @@ def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     out = tmp_path / "analysis"
     result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", "--num_samples=8", "--batch_size=4",
+                      f"--data_file={npz}", "--dataset=cifar10", "--num_samples=8", "--batch_size=4",
                       "--analyses=fisher,windows", "--window=1", "--eval_samples=16")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["centroid.png", "fisher.json", "fisher_curves.png",
@@ -43,5 +43,5 @@ def test_bad_analysis_input_fails_cleanly(trained_run, tmp_path, args, message):
         npz = write_npz(tmp_path / "c100.npz", classes=100)
     out = tmp_path / "analysis"
     result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", *args)
+                      f"--data_file={npz}", "--dataset=cifar10", *args)
     assert_fails_cleanly(result, message, out)

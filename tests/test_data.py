@@ -118,3 +118,30 @@ def test_real_cifar10_sample_loads():
     assert arrays.x_train.shape == (4660, 32, 32, 3)
     assert arrays.x_test.shape == (846, 32, 32, 3)
     assert set(np.unique(arrays.y_train)) == set(range(10))
+
+
+def test_embedded_digits_load_without_download_and_match_their_statistics():
+    from sklearn.datasets import load_digits
+
+    spec = data.get_spec("digits")
+    arrays = data.load_arrays(spec, data_dir="/nowhere")  # never touches TFDS
+    assert arrays.x_train.shape == (1437, 8, 8, 1) and arrays.x_test.shape == (360, 8, 8, 1)
+    raw = load_digits()
+    # 16 grey levels to 0-255: level 16 is white, level 8 is 128 (rounded half up).
+    np.testing.assert_array_equal(arrays.x_test[:, :, :, 0],
+                                  np.floor(raw.images[1437:] * 255 / 16 + 0.5))
+    np.testing.assert_array_equal(arrays.y_train, raw.target[:1437])
+    train = arrays.x_train / 255.0
+    assert spec.mean[0] == pytest.approx(train.mean(), abs=1e-4)
+    assert spec.std[0] == pytest.approx(train.std(), abs=1e-4)
+    assert set(np.unique(arrays.y_test)) == set(range(10))
+
+
+def test_digits_augmentation_shifts_by_at_most_one_pixel_and_never_flips():
+    columns = np.arange(1, 9, dtype=np.uint8) * 30
+    image = tf.constant(np.broadcast_to(columns[None, :, None], (8, 8, 1)))
+    rows = [data._augment(image, tf.constant([0, i], tf.int64), data.get_spec("digits"))
+            .numpy()[4, :, 0].astype(int) for i in range(40)]
+    shifts = {int(np.sum(row == 0)) for row in rows}
+    assert shifts == {0, 1}
+    assert all(np.all(np.diff(row[row > 0]) > 0) for row in rows)

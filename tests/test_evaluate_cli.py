@@ -10,7 +10,7 @@ def test_table_one_report(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     out = tmp_path / "report"
     result = run_tool("evaluate", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", "--eval_samples=16", "--batch_size=8",
+                      f"--data_file={npz}", "--dataset=cifar10", "--eval_samples=16", "--batch_size=8",
                       "--evaluations=clean,gaussian,blur,fgsm,pgd,pgd_window",
                       "--pgd_iterations=2", "--window=1,1", "--attack_surrogates=1.0")
     assert result.returncode == 0, result.stderr
@@ -36,7 +36,7 @@ def test_bad_evaluation_input_fails_cleanly(trained_run, tmp_path, args, message
     npz, run_dir, _ = trained_run
     out = tmp_path / "report"
     result = run_tool("evaluate", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", *args)
+                      f"--data_file={npz}", "--dataset=cifar10", *args)
     assert_fails_cleanly(result, message, out)
 
 

@@ -20,7 +20,7 @@ def test_resnet19_quarter_width_matches_reference_design():
 
 
 @pytest.mark.parametrize("arch", ["resnet19", "resnet34", "vgg16", "alexnet"])
-@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (8, 8, 1)])
 def test_output_is_per_timestep_logits(arch, shape):
     model = build_model(arch, 7, 3, shape, width=1 / 16)
     out = model(np.random.rand(2, *shape).astype("float32"))

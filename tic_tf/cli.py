@@ -36,8 +36,9 @@ def define_data_flags():
         return
     from tic_tf.data import DATASETS
 
-    flags.DEFINE_enum("dataset", "cifar10", sorted(DATASETS), "Dataset; it also sets the "
-                      "normalisation statistics, number of classes and augmentation.")
+    flags.DEFINE_enum("dataset", "digits", sorted(DATASETS), "Dataset; it also sets the "
+                      "normalisation statistics, number of classes and augmentation. digits "
+                      "ships with scikit-learn; the others come from TFDS or --data_file.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
     flags.DEFINE_string("manual_dir", None, "Folder holding the dataset's original archives, "
                         "for preparing TFDS offline (TFDS manual_dir).")

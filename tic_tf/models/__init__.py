@@ -29,7 +29,7 @@ def set_precision(name):
 
 
 ARCHITECTURES = {"resnet19": resnet19, "resnet34": resnet34, "vgg16": vgg16, "alexnet": alexnet}
-SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1))
+SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1), (8, 8, 1))
 
 
 def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
@@ -48,7 +48,7 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     input_shape = tuple(int(d) for d in input_shape)
     if input_shape not in SUPPORTED_INPUT_SHAPES:
         raise ValueError(f"Unsupported input shape {input_shape}; the models take "
-                         f"{' or '.join(map(str, SUPPORTED_INPUT_SHAPES))} images.")
+                         f"{', '.join(map(str, SUPPORTED_INPUT_SHAPES))} images.")
     if int(timesteps) < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
     if not width > 0:
