@@ -90,8 +90,9 @@ def fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch, **opti
             multi_worker.fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch,
                              **options)
         else:
+            # The dataset is shuffled already (statelessly, per epoch): shuffle=False says so.
             model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps_per_epoch, **options)
+                      steps_per_epoch=steps_per_epoch, shuffle=False, **options)
 
 
 def evaluate(model, strategy, dataset):
