@@ -88,13 +88,15 @@ class FisherMonitor(keras.callbacks.Callback):
     Adds `fisher/I_t` scalars, `fisher/centroid`, `fisher/time_s` and a `fisher` record (I_t,
     IC, per-block values) to the logs, and draws two heat maps into TensorBoard: timestep x epoch (each
     epoch's I_t normalised to sum 1) and block x timestep (each block normalised to its peak).
+    verbose: also print one line per measurement (I_t, centroid, seconds taken).
     """
 
-    def __init__(self, images, labels, every, log_dir, batch_size=32):
+    def __init__(self, images, labels, every, log_dir, batch_size=32, verbose=False):
         super().__init__()
         self.data = (images, labels)
         self.every = every
         self.batch_size = batch_size
+        self.verbose = verbose
         self.writer = tf.summary.create_file_writer(log_dir)
         self.history = {}
 
@@ -108,6 +110,11 @@ class FisherMonitor(keras.callbacks.Callback):
         logs.update({f"fisher/I_{t}": float(v) for t, v in enumerate(result.values, start=1)})
         logs["fisher/centroid"] = result.centroid
         logs["fisher"] = result.to_json()
+        if self.verbose:
+            values = ", ".join(f"{v:.3g}" for v in result.values)
+            print(f"Fisher information I_1..I_{len(result.values)} = [{values}], centroid "
+                  f"{result.centroid:.2f} ({logs['fisher/time_s']:.0f} s, "
+                  f"{len(self.data[0])} images)", flush=True)
         self.history[epoch + 1] = result.values / result.values.sum()
         epochs = sorted(self.history)
         steps = range(1, len(result.values) + 1)

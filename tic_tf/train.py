@@ -212,7 +212,8 @@ def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbo
         count = min(FLAGS.fisher_samples, len(arrays.x_train))
         callbacks.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),
                                        arrays.y_train[:count], FLAGS.fisher_every,
-                                       os.path.join(run_dir, "tensorboard")))
+                                       os.path.join(run_dir, "tensorboard"),
+                                       verbose=bool(verbose)))
     callbacks.append(EpochCheckpoint(checkpoint_dir, model_config, keep))
     if preemptible:
         callbacks.append(PreemptionCheckpoint(checkpoint_dir, model_config, first_step))
@@ -283,6 +284,8 @@ def train(strategy, model, model_config, spec, arrays, run_dir, out_dir, setting
     if FLAGS.export:
         path = export_saved_model(model, os.path.join(out_dir, "saved_model"))
         print(f"SavedModel written to {path}")
+    print(f"Run directory {run_dir}: metrics.jsonl (one record per epoch), checkpoints/, "
+          f"results.json. Watch it with: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}")
 
 
 def run():
