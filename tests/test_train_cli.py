@@ -227,3 +227,29 @@ def test_bad_training_input_fails_cleanly(tmp_path, extra, message):
     args = train_args(npz, run_dir) + [a.format(tmp=tmp_path) for a in extra]
     result = run_tool("train", *args)
     assert_fails_cleanly(result, message, run_dir, status=None)  # absl flag errors exit 1
+
+
+def test_main_job_on_embedded_digits_end_to_end(tmp_path):
+    """The README's main command (flags/quick_cpu.cfg), shortened: no data file, no download,
+    no warnings; its Fisher record and SavedModel agree with the checkpoint it leaves."""
+    from tic_tf import data
+    from tic_tf.fisher import temporal_fisher
+
+    run_dir = tmp_path / "quick"
+    result = run_tool("train", "--flagfile=flags/quick_cpu.cfg", "--epochs=1", "--width=0.0625",
+                      "--timesteps=2", "--train_examples=128", "--fisher_samples=16",
+                      f"--model_dir={run_dir}", "--verbose=2")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.stdout
+    assert "Fisher information I_1..I_2" in result.stdout
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    model, _ = checkpoints.load_model(str(run_dir))
+    arrays = data.load_arrays(data.get_spec("digits"))
+    again = temporal_fisher(model, (data.to_unit_range(arrays.x_train[:16]),
+                                    arrays.y_train[:16]), 16)
+    np.testing.assert_allclose(record["fisher"]["fisher"], again.values, rtol=1e-4)
+    served = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
+    test_images = data.to_unit_range(arrays.x_test[:8])
+    np.testing.assert_allclose(served(images=tf.constant(test_images))["logits_per_timestep"],
+                               model(test_images, training=False), atol=1e-5)
