@@ -63,8 +63,9 @@ def centroids_by_label(series, path=None):
 def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", ylabel=""):
     """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
     matrix = np.asarray(matrix, dtype=float)
-    figure, axis = plt.subplots(figsize=(1.5 + 0.45 * len(column_labels),
-                                         1.2 + 0.3 * len(row_labels)))
+    # Room for a title, tick labels and a colour bar however few the rows or columns.
+    figure, axis = plt.subplots(figsize=(max(4.5, 2.5 + 0.45 * len(column_labels)),
+                                         max(3.0, 1.5 + 0.35 * len(row_labels))))
     image = axis.imshow(matrix, aspect="auto", cmap="viridis")
     axis.set_xticks(range(len(column_labels)), [str(c) for c in column_labels])
     axis.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize="small")
