@@ -26,9 +26,9 @@ from tic_tf.atomic import write_json
 from tic_tf.callbacks import read_metrics
 from tic_tf.cli import define_data_flags
 from tic_tf.data import get_spec, load_arrays, to_unit_range
-from tic_tf.diagnostics import BN_STATISTICS, TimestepProbe
+from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import temporal_fisher
-from tic_tf.models import time_specific_twin
+from tic_tf.models import BN_STATISTICS, time_specific_twin
 
 define_data_flags()
 flags.DEFINE_list("runs", None, "Run directories of tic_tf.train.")

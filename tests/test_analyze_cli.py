@@ -30,6 +30,26 @@ def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
                if name.endswith(".png"))
 
 
+def test_fisher_with_batch_statistics_is_the_library_measurement(trained_run, tmp_path):
+    from tic_tf import checkpoints
+    from tic_tf.data import get_spec, load_arrays
+    from tic_tf.fisher import temporal_fisher
+
+    npz, run_dir, _ = trained_run
+    out = tmp_path / "analysis"
+    last = checkpoints.list_epochs(str(run_dir / "checkpoints"))[-1][1]
+    result = run_tool("analyze", f"--checkpoints={last}", f"--output_dir={out}",
+                      f"--data_file={npz}", "--dataset=cifar10", "--num_samples=8",
+                      "--batch_size=8", "--bn_statistics=batch")
+    assert result.returncode == 0, result.stderr
+    row = json.loads((out / "fisher.json").read_text())["checkpoints"][0]
+    arrays = load_arrays(get_spec("cifar10"), data_file=str(npz))
+    expected = temporal_fisher(checkpoints.load_model(last)[0], (arrays.x_train, arrays.y_train),
+                               8, batch_size=8, bn_statistics="batch")
+    assert row["bn_statistics"] == "batch"
+    assert row["fisher"] == pytest.approx(expected.values.tolist(), rel=1e-4)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num_samples=1000"], "exceeds the 64 samples"),
     (["--timesteps=1"], "at least 2 timesteps"),

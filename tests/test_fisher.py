@@ -1,3 +1,6 @@
+import copy
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,24 +9,24 @@ from tic_tf.errors import UserError
 from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, sample_model_labels,
                            temporal_fisher)
 from tic_tf.losses import per_timestep_losses
-from tic_tf.models import build_model, with_timesteps
+from tic_tf.models import TemporalBatchNorm, build_model, with_timesteps
 
 STEPS = 3
 
 
-def active_model(arch="resnet19", shape=(28, 28, 1), seed=0):
+def active_model(arch="resnet19", shape=(28, 28, 1), seed=0, batch_norm="per_timestep"):
     """A tiny model whose layers fire, with non-trivial batch-norm statistics."""
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(arch, 5, STEPS, shape, width=1 / 16)
+    model = build_model(arch, 5, STEPS, shape, width=1 / 16, batch_norm=batch_norm)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
-        if isinstance(inner, tf.keras.layers.BatchNormalization):
-            size = inner.gamma.shape
+        if isinstance(inner, (tf.keras.layers.BatchNormalization, TemporalBatchNorm)):
+            size, stats = inner.gamma.shape, inner.moving_mean.shape
             inner.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
             inner.beta.assign(rng.uniform(0.2, 0.8, size).astype("float32"))
-            inner.moving_mean.assign(rng.normal(0, 0.1, size).astype("float32"))
-            inner.moving_variance.assign(rng.uniform(0.5, 2, size).astype("float32"))
+            inner.moving_mean.assign(rng.normal(0, 0.1, stats).astype("float32"))
+            inner.moving_variance.assign(rng.uniform(0.5, 2, stats).astype("float32"))
         if inner.name == "classifier":
             inner.bias.assign(rng.normal(0, 0.1, inner.bias.shape).astype("float32"))
     return model
@@ -110,6 +113,75 @@ def test_batch_mean_approximation_is_the_reference_formula(setup):
     np.testing.assert_allclose(result.values, expected, rtol=1e-4)
 
 
+def batch_statistics_twin(model, images):
+    """`model` with every batch-norm's moving statistics set to the batch moments of `images`
+    (per timestep where `model` normalises per timestep in training), by Keras' own
+    training-mode layers at momentum 0: in inference mode it normalises every sample exactly
+    as `model` does with batch statistics held constant."""
+    config = copy.deepcopy(model.get_config())
+
+    def calibrating(node):  # every layer config, TimeFolded's inner one included
+        if isinstance(node, dict):
+            if node.get("class_name") == "BatchNormalization":
+                node["config"]["momentum"] = 0.0
+            if node.get("class_name") == "TemporalBatchNorm":
+                node["config"].update(mode="time_specific", timesteps=STEPS, momentum=0.0)
+            for value in node.values():
+                calibrating(value)
+        elif isinstance(node, list):
+            for value in node:
+                calibrating(value)
+    calibrating(config)
+    twin = keras.Model.from_config(config)
+    for ours, theirs in zip(twin.layers, model.layers):
+        if isinstance(ours, TemporalBatchNorm):  # statistics of another shape: calibrated next
+            ours.gamma.assign(theirs.gamma)
+            ours.beta.assign(theirs.beta)
+        else:
+            ours.set_weights(theirs.get_weights())
+    twin(images, training=True)
+    return twin
+
+
+@pytest.mark.parametrize("batch_norm", ["per_timestep", "shared", "time_specific"])
+def test_exact_fisher_with_batch_statistics_matches_brute_force_on_a_calibrated_twin(
+        batch_norm):
+    model = active_model(batch_norm=batch_norm, seed=3)
+    rng = np.random.default_rng(3)
+    images = rng.random((5, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 5).astype(np.int32)
+    before = [v.numpy() for v in model.variables]
+    result = temporal_fisher(model, (images, labels), 5, batch_size=5, bn_statistics="batch")
+    expected, _ = brute_force(batch_statistics_twin(model, images), images, labels)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    moving = temporal_fisher(model, (images, labels), 5, batch_size=5)
+    assert np.abs(moving.values - expected).max() > 1e-2 * expected.max()  # a real difference
+    for variable, value in zip(model.variables, before):  # moving statistics included
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    assert result.to_json()["bn_statistics"] == "batch"
+
+
+def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):
+    model, images, labels = setup
+    before = [v.numpy() for v in model.variables]
+    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3,
+                             bn_statistics="batch")
+    for variable, value in zip(model.variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    trained = keras.Model.from_config(model.get_config())  # training mode updates its copy
+    trained.set_weights(model.get_weights())
+    expected = np.zeros(STEPS)
+    for start in (0, 3):
+        for t in range(STEPS):
+            with tf.GradientTape() as tape:
+                losses = per_timestep_losses(trained(images[start:start + 3], training=True),
+                                             labels[start:start + 3])
+                loss = tf.reduce_mean(losses[:, t])
+            expected[t] += sum(float(tf.reduce_sum(g ** 2))
+                               for g in tape.gradient(loss, trained.trainable_variables))
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+
+
 def test_information_centroid_hand_cases():
     assert information_centroid([5.0, 0, 0, 0]) == 1.0
     assert information_centroid([2.0] * 6) == pytest.approx(3.5)
@@ -130,3 +202,5 @@ def test_bad_input_is_refused(setup):
                         .batch(2), 1)
     with pytest.raises(UserError, match="labels must be one of"):
         temporal_fisher(model, (images, labels), 2, labels="true")
+    with pytest.raises(UserError, match="bn_statistics must be one of"):
+        temporal_fisher(model, (images, labels), 2, bn_statistics="train")

@@ -24,8 +24,9 @@ from absl import flags
 from tic_tf import checkpoints, cli, plots
 from tic_tf.atomic import write_json
 from tic_tf.data import get_spec, load_arrays, to_unit_range
-from tic_tf.diagnostics import BN_STATISTICS, TimestepProbe
+from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import LABEL_MODES, METHODS, temporal_fisher
+from tic_tf.models import BN_STATISTICS
 from tic_tf.windows import window_accuracies
 
 cli.define_data_flags()
@@ -38,6 +39,9 @@ flags.DEFINE_enum("labels", "data", LABEL_MODES, "data: empirical Fisher (Eq. 6)
                   "labels drawn from the model's prediction (Eq. 5).")
 flags.DEFINE_enum("method", "exact", METHODS, "exact: per-sample gradients (Eq. 6); "
                   "batch_mean: the reference code's batch approximation.")
+flags.DEFINE_enum("bn_statistics", "moving", BN_STATISTICS, "Batch-norm statistics of the "
+                  "Fisher measurement: moving (inference mode, as the reference) or batch (each "
+                  "batch's own moments, as in training; held constant by the exact estimator).")
 flags.DEFINE_integer("batch_size", 32, "Batch size of the measurements.", lower_bound=1)
 flags.DEFINE_integer("timesteps", None, "Run the checkpoints at this T (default: trained T).",
                      lower_bound=1)
@@ -91,7 +95,8 @@ def main(argv):
             result = temporal_fisher(model, (images, labels), FLAGS.num_samples,
                                      labels=FLAGS.labels, per_layer=FLAGS.method == "exact",
                                      batch_size=FLAGS.batch_size, method=FLAGS.method,
-                                     seed=FLAGS.seed, jit_compile=FLAGS.xla)
+                                     seed=FLAGS.seed, jit_compile=FLAGS.xla,
+                                     bn_statistics=FLAGS.bn_statistics)
             fisher_rows.append({"checkpoint": path, "epoch": epoch, **result.to_json()})
             print(f"{path}: IC {result.centroid:.3f}, I_t "
                   f"{np.array2string(result.values, precision=4)}", flush=True)

@@ -9,9 +9,10 @@ import tensorflow as tf
 
 from tic_tf import checkpoints, plots
 from tic_tf.atomic import write_text
-from tic_tf.diagnostics import BN_STATISTICS, TimestepProbe
+from tic_tf.diagnostics import TimestepProbe
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
+from tic_tf.models import BN_STATISTICS
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

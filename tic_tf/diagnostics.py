@@ -13,9 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.losses import accumulated_logits
-from tic_tf.models import lif_layers
-
-BN_STATISTICS = ("moving", "batch")
+from tic_tf.models import BN_STATISTICS, lif_layers
 
 
 @dataclasses.dataclass

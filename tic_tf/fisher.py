@@ -10,13 +10,13 @@ How: every parameter lives in a Conv2D, Dense or batch-norm layer. For such a la
 the gradient of one sample's loss is a sum over that sample's positions (pixels and timesteps)
 of (layer input) x (gradient at the layer output). One forward pass records each layer's
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
-at once (samples are independent with batch-norm in inference mode); the per-sample weight
-gradients then follow from a batched matrix product, or, where cheaper, from the Gram-matrix
-identity ||X^T D||^2 = sum((X X^T) * (D D^T)). Since L_t cannot depend on timesteps after t,
-those positions are skipped, and the T backward passes run one after another so that only
-one set of output gradients is live at a time. No Python loop over samples, no
-per-sample forward pass, and no reliance on pfor (which loops for per-example convolution
-gradients).
+at once (samples are independent with batch-norm in inference mode, or with batch moments held
+constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a batched
+matrix product, or, where cheaper, from the Gram-matrix identity
+||X^T D||^2 = sum((X X^T) * (D D^T)). Since L_t cannot depend on timesteps after t, those
+positions are skipped, and the T backward passes run one after another so that only one set of
+output gradients is live at a time. No Python loop over samples, no per-sample forward pass,
+and no reliance on pfor (which loops for per-example convolution gradients).
 """
 import dataclasses
 import re
@@ -29,7 +29,7 @@ from tic_tf.compiled import cached
 from tic_tf.data import to_unit_range
 from tic_tf.errors import UserError
 from tic_tf.losses import accumulated_logits, per_timestep_losses
-from tic_tf.models import TemporalBatchNorm, TimeFolded, timesteps_of
+from tic_tf.models import BN_STATISTICS, TemporalBatchNorm, TimeFolded, timesteps_of
 from tic_tf.models.graph import run_layers
 
 LABEL_MODES = ("data", "model")
@@ -74,11 +74,13 @@ class FisherResult:
     num_samples: int
     labels: str
     method: str
+    bn_statistics: str = "moving"
 
     def to_json(self):
         return {"fisher": self.values.tolist(), "centroid": self.centroid,
                 "per_layer": {k: v.tolist() for k, v in self.per_layer.items()},
-                "num_samples": self.num_samples, "labels": self.labels, "method": self.method}
+                "num_samples": self.num_samples, "labels": self.labels, "method": self.method,
+                "bn_statistics": self.bn_statistics}
 
 
 def block_of(layer_name):
@@ -145,19 +147,60 @@ def _layer_rows(layer, layer_input):
     return tf.reshape(patches, [-1, positions, patches.shape[-1]])
 
 
-def _layer_features(spec, layer_input):
+def _statistics(layer, layer_input, bn_statistics, moment_gradients=False):
+    """Mean and variance the batch-norm `layer` normalises `layer_input` (float32) with: its
+    moving statistics, or the batch's own moments. Unless `moment_gradients`, the moments are
+    constants (no gradient through them), so that samples stay independent."""
+    if isinstance(layer, TemporalBatchNorm):
+        if bn_statistics == "moving":
+            return layer.inference_statistics(layer_input.shape[1])
+        moments = layer.batch_statistics(layer_input)  # per timestep
+    elif bn_statistics == "moving":
+        return layer.moving_mean, layer.moving_variance
+    else:  # Keras' moments: over all axes but channels, biased variance
+        moments = tf.nn.moments(layer_input, list(range(len(layer_input.shape) - 1)))
+    return moments if moment_gradients else [tf.stop_gradient(m) for m in moments]
+
+
+def _standardized(layer, layer_input, bn_statistics, moment_gradients=False):
+    """A batch-norm layer's input standardised in float32, before scale and offset."""
+    layer_input = tf.cast(layer_input, tf.float32)
+    mean, variance = _statistics(layer, layer_input, bn_statistics, moment_gradients)
+    if isinstance(layer, TemporalBatchNorm):
+        return layer.standardize(layer_input, mean, variance)
+    return (layer_input - mean) * tf.math.rsqrt(variance + layer.epsilon)
+
+
+def _with_batch_statistics(layer, moment_gradients):
+    """A stand-in for the batch-norm `layer`'s node in `run_layers`: normalises with each
+    batch's own moments, as training does, but leaves the moving statistics alone."""
+    keras_layer = isinstance(layer, keras.layers.BatchNormalization)
+
+    def normalize(layer_input):
+        outputs = _standardized(layer, layer_input, "batch", moment_gradients)
+        if not keras_layer or layer.scale:
+            outputs = outputs * layer.gamma
+        if not keras_layer or layer.center:
+            outputs = outputs + layer.beta
+        return tf.cast(outputs, layer.compute_dtype)
+    return normalize
+
+
+def _batch_norm_substitutes(layers, bn_statistics, moment_gradients=False):
+    """`run_layers` substitutes that make every batch-norm node use batch statistics."""
+    if bn_statistics == "moving":
+        return {}
+    return {spec.node: _with_batch_statistics(spec.layer, moment_gradients) for spec in layers
+            if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))}
+
+
+def _layer_features(spec, layer_input, bn_statistics):
     """What the per-sample gradient of the layer's parameters multiplies with the output
     gradient, `[batch, positions, features]`: the input rows (patches for convolutions) or,
     for batch-norm, the normalised input. Always float32, whatever the model's precision."""
-    layer = spec.layer
-    layer_input = tf.cast(layer_input, tf.float32)
-    if isinstance(layer, keras.layers.BatchNormalization):
-        scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
-        return _sample_major((layer_input - layer.moving_mean) * scale)
-    if isinstance(layer, TemporalBatchNorm):
-        statistics = layer.inference_statistics(layer_input.shape[1])
-        return _sample_major(layer.standardize(layer_input, *statistics))
-    return _layer_rows(layer, layer_input)
+    if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
+        return _sample_major(_standardized(spec.layer, layer_input, bn_statistics))
+    return _layer_rows(spec.layer, tf.cast(layer_input, tf.float32))
 
 
 def _is_time_major(node):
@@ -194,8 +237,10 @@ def _layer_sq_norm(spec, features, delta, live_steps):
 class _ExactFisher:
     """Compiled per-batch computation of sum_n ||grad L_t(x_n)||^2, per block and t."""
 
-    def __init__(self, model, labels, jit_compile):
+    def __init__(self, model, labels, bn_statistics, jit_compile):
         self.layers, self.blocks = _parameter_layers(model)
+        self.bn_statistics = bn_statistics
+        self.substitutes = _batch_norm_substitutes(self.layers, bn_statistics)
         covered = sum(len(spec.layer.trainable_weights) for spec in self.layers)
         assert covered == len(model.trainable_weights)
         self.model = model
@@ -205,7 +250,7 @@ class _ExactFisher:
 
     def _batch_sums(self, images, labels, noise):
         with tf.GradientTape(persistent=True) as tape:
-            logits, tensors = run_layers(self.model, images,
+            logits, tensors = run_layers(self.model, images, substitute=self.substitutes,
                                          record=[spec.node for spec in self.layers])
             inputs, outputs = zip(*tensors)
             if self.labels == "model":
@@ -213,7 +258,8 @@ class _ExactFisher:
             # Summed over samples: samples are independent, so the gradient at each sample's
             # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
             loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
-        features = [_layer_features(spec, x) for spec, x in zip(self.layers, inputs)]
+        features = [_layer_features(spec, x, self.bn_statistics)
+                    for spec, x in zip(self.layers, inputs)]
         per_t, previous = [], []
         for t, loss in enumerate(loss_per_t):
             # At most two t in flight: unordered, all T sets of output gradients would be live
@@ -232,24 +278,27 @@ class _ExactFisher:
 class _BatchMeanFisher:
     """The reference code's approximation: sum over batches of ||grad of the batch-mean L_t||^2."""
 
-    def __init__(self, model, jit_compile):
+    def __init__(self, model, bn_statistics, jit_compile):
         self.model = model
+        # With batch statistics, gradients flow through the moments, as in model.train().
+        self.substitutes = _batch_norm_substitutes(_parameter_layers(model)[0], bn_statistics,
+                                                   moment_gradients=True)
         self.batch_values = tf.function(self._batch_values, jit_compile=jit_compile)
 
     def _batch_values(self, images, labels):
         with tf.GradientTape(persistent=True) as tape:
-            losses = tf.unstack(tf.reduce_mean(
-                per_timestep_losses(self.model(images, training=False), labels), axis=0))
+            logits, _ = run_layers(self.model, images, substitute=self.substitutes)
+            losses = tf.unstack(tf.reduce_mean(per_timestep_losses(logits, labels), axis=0))
         return tf.stack([tf.add_n([tf.reduce_sum(tf.square(g)) for g in
                                    tape.gradient(loss, self.model.trainable_variables)])
                          for loss in losses])
 
 
-def _estimator(model, method, labels, jit_compile):
+def _estimator(model, method, labels, bn_statistics, jit_compile):
     """Compiled once per model and settings (monitoring and benchmarks call repeatedly)."""
-    return cached(model, ("fisher", method, labels, jit_compile),
-                  lambda: _ExactFisher(model, labels, jit_compile) if method == "exact"
-                  else _BatchMeanFisher(model, jit_compile))
+    return cached(model, ("fisher", method, labels, bn_statistics, jit_compile),
+                  lambda: _ExactFisher(model, labels, bn_statistics, jit_compile)
+                  if method == "exact" else _BatchMeanFisher(model, bn_statistics, jit_compile))
 
 
 def _take_samples(data, num_samples):
@@ -277,7 +326,7 @@ def _take_samples(data, num_samples):
 
 
 def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, batch_size=32,
-                    method="exact", seed=0, jit_compile=False):
+                    method="exact", seed=0, jit_compile=False, bn_statistics="moving"):
     """I_t for t = 1..T of a `build_model` network, its information centroid, per-block values.
 
     data: `(images, labels)` arrays (images in [0, 1] or uint8) or a tf.data.Dataset of such
@@ -286,12 +335,21 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
     method: "exact" (per-sample gradients, Eq. 6) or "batch_mean", the reference code's
     approximation: the squared gradient of the mean loss of each batch of `batch_size`
     samples, summed over batches (so it grows with the number of batches).
-    Batch-norm runs in inference mode. per_layer adds I_t restricted to each block's parameters.
+    per_layer adds I_t restricted to each block's parameters.
+    bn_statistics: "moving" (batch-norm in inference mode, as the reference measures) or
+    "batch" (each batch of `batch_size` normalised with its own moments, per timestep where the
+    model's batch-norm is per-timestep, as in training). With "batch" the exact estimator takes
+    the moments as constants, so that samples stay independent and Eq. 6 stays exact; the
+    batch-mean approximation lets gradients flow through them, as the reference's
+    `model.train()` would. Either way the model's variables, moving statistics included, are
+    not changed.
     """
     if labels not in LABEL_MODES:
         raise UserError(f"labels must be one of {LABEL_MODES}, got {labels!r}.")
     if method not in METHODS:
         raise UserError(f"method must be one of {METHODS}, got {method!r}.")
+    if bn_statistics not in BN_STATISTICS:
+        raise UserError(f"bn_statistics must be one of {BN_STATISTICS}, got {bn_statistics!r}.")
     if int(num_samples) < 1 or int(batch_size) < 1:
         raise UserError("num_samples and batch_size must be positive.")
     steps = timesteps_of(model)
@@ -306,14 +364,14 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
     if method == "batch_mean":
         if labels != "data" or per_layer:
             raise UserError("method='batch_mean' supports only labels='data' without per_layer.")
-        approximate = _estimator(model, method, labels, jit_compile)
+        approximate = _estimator(model, method, labels, bn_statistics, jit_compile)
         values = sum(approximate.batch_values(images[start:start + batch_size],
                                               targets[start:start + batch_size]).numpy()
                      for start in range(0, len(images), batch_size))
         return FisherResult(values, information_centroid(values), {}, len(images), labels,
-                            method)
+                            method, bn_statistics)
 
-    exact = _estimator(model, method, labels, jit_compile)
+    exact = _estimator(model, method, labels, bn_statistics, jit_compile)
     totals = np.zeros((len(exact.blocks), steps))
     for index, start in enumerate(range(0, len(images), batch_size)):
         batch = images[start:start + batch_size]
@@ -324,4 +382,4 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
     values = totals.sum(axis=0)
     blocks = {name: totals[i] for i, name in enumerate(exact.blocks)} if per_layer else {}
     return FisherResult(values, information_centroid(values), blocks, len(images), labels,
-                        method)
+                        method, bn_statistics)

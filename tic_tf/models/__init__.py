@@ -4,7 +4,7 @@ import copy
 import keras
 import tensorflow as tf
 
-from tic_tf.models.batch_norm import (BATCH_NORM_MODES, TemporalBatchNorm,
+from tic_tf.models.batch_norm import (BATCH_NORM_MODES, BN_STATISTICS, TemporalBatchNorm,
                                      check_batch_norm_mode)
 from tic_tf.models.blocks import synchronized_batch_norm
 from tic_tf.models.graph import run_layers
@@ -159,6 +159,6 @@ def lif_layers(model):
     return [layer for layer in model.layers if isinstance(layer, LIF)]
 
 
-__all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "TemporalBatchNorm", "build_model", "with_timesteps", "timesteps_of", "lif_layers",
-           "run_on_frames", "time_specific_twin",
-           "RepeatOverTime", "TimeFolded"]
+__all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "BN_STATISTICS", "TemporalBatchNorm",
+           "build_model", "with_timesteps", "timesteps_of", "lif_layers", "run_on_frames",
+           "time_specific_twin", "RepeatOverTime", "TimeFolded"]

@@ -20,6 +20,9 @@ import keras
 import tensorflow as tf
 
 BATCH_NORM_MODES = ("per_timestep", "shared", "time_specific")
+# Which statistics a measurement normalises with: the moving ones (inference mode) or each
+# batch's own (as in training).
+BN_STATISTICS = ("moving", "batch")
 
 
 def check_batch_norm_mode(mode):

@@ -5,9 +5,9 @@ def run_layers(model, inputs, substitute=None, record=(), training=False):
     """`model(inputs, training)`, computed layer by layer, plus two hooks.
 
     substitute: {layer: fn} calls `fn(*args)` instead of the layer.
-    record: layers whose (input, output) tensors are returned, in order; these are the very
-    tensors the rest of the network consumes, so gradients reach them (a probe model's extra
-    outputs are copies, which gradients do not reach).
+    record: layers (substituted or not) whose (input, output) tensors are returned, in order;
+    these are the very tensors the rest of the network consumes, so gradients reach them (a
+    probe model's extra outputs are copies, which gradients do not reach).
     Returns (outputs, [(input, output) per recorded layer]).
     """
     substitute = {id(layer): fn for layer, fn in (substitute or {}).items()}
@@ -17,10 +17,11 @@ def run_layers(model, inputs, substitute=None, record=(), training=False):
     def hooked(operation):
         def call(*args, **kwargs):
             if id(operation) in substitute:
-                return substitute[id(operation)](*args)
-            if "training" in getattr(operation, "_call_context_args", {}):
-                kwargs["training"] = training
-            result = operation(*args, **kwargs)
+                result = substitute[id(operation)](*args)
+            else:
+                if "training" in getattr(operation, "_call_context_args", {}):
+                    kwargs["training"] = training
+                result = operation(*args, **kwargs)
             if id(operation) in slots:
                 recorded[slots[id(operation)]] = (args[0], result)
             return result
