@@ -11,7 +11,6 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "keras>=3.5",
-        "tensorflow-datasets>=4.9",
         "tensorboard>=2.16",
         "absl-py>=1.4",
         "numpy>=1.26",
@@ -22,7 +21,9 @@ setup(
         # Pick one TensorFlow build: tensorflow-cpu is smaller and has no CUDA libraries.
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7"],
+        # TFDS data sets (svhn, cifar10 without --data_file, ...); the default digits need none.
+        "tfds": ["tensorflow-datasets>=4.9"],
+        "test": ["pytest>=7", "tensorflow-datasets>=4.9"],
     },
     entry_points={
         "console_scripts": [

@@ -1,9 +1,9 @@
 import os
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from conftest import CIFAR_SAMPLE, write_npz
 from tic_tf import data
@@ -53,6 +53,7 @@ def test_unknown_dataset():
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion_mnist"])
 def test_tfds_path_with_mocked_data(name):
+    tfds = pytest.importorskip("tensorflow_datasets")  # the 'tfds' extra (in 'test' too)
     spec = data.get_spec(name)
     with tfds.testing.mock_data(num_examples=12):
         arrays = data.load_arrays(spec)
@@ -61,6 +62,8 @@ def test_tfds_path_with_mocked_data(name):
 
 
 def test_tfds_failure_names_every_offline_option(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to establish a new connection")
 
@@ -69,6 +72,13 @@ def test_tfds_failure_names_every_offline_option(monkeypatch):
         data.load_arrays(CIFAR10, data_dir="/nowhere")
     for option in ("--data_dir", "--manual_dir", "--data_file"):
         assert option in str(error.value)
+
+
+def test_tfds_not_installed_names_the_extra_and_the_alternative(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+    with pytest.raises(UserError, match=r"not installed: pip install 'tic_tf\[tfds\]'.*"
+                                        r"--data_file=PATH.npz"):
+        data.load_arrays(data.get_spec("svhn"))
 
 
 def batches(dataset):

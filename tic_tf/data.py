@@ -134,7 +134,13 @@ def _as_labels(labels, spec, where):
 
 
 def _load_tfds(spec, data_dir, manual_dir):
-    import tensorflow_datasets as tfds  # slow to import; only this path needs it
+    try:  # an optional dependency, slow to import: only this path needs it
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise UserError(
+            f"The {spec.name} data set comes from TensorFlow Datasets, which is not installed: "
+            "pip install 'tic_tf[tfds]' (in a checkout: pip install '.[tfds]'), or pass "
+            "--data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.") from error
 
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
