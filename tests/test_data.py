@@ -53,7 +53,7 @@ def test_unknown_dataset():
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion_mnist"])
 def test_tfds_path_with_mocked_data(name):
-    tfds = pytest.importorskip("tensorflow_datasets")  # the 'tfds' extra (in 'test' too)
+    tfds = pytest.importorskip("tensorflow_datasets")  # the optional 'tfds' extra
     spec = data.get_spec(name)
     with tfds.testing.mock_data(num_examples=12):
         arrays = data.load_arrays(spec)
