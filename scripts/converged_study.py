@@ -8,7 +8,8 @@ Each run directory is a `tic_tf.train` run with --fisher_every and --keep_checkp
 its first Fisher-monitored epoch, the epoch of peak information centroid and its last epoch
 (only the last with --last_only),
 the study measures on the same training samples the exact per-sample Fisher (per block) and
-the reference's batch-mean approximation, the per-timestep firing and accuracy on test images
+the reference's batch-mean approximation, each with batch-norm in inference mode (moving
+statistics) and with batch statistics, the per-timestep firing and accuracy on test images
 with batch-norm in inference and in training mode, and the time-window noise deficits
 (Fig. 2). A per_timestep run is measured a second time as its time-specific twin (BNTT
 statistics calibrated on training images: the two modes train identically). Writes study.json
@@ -53,12 +54,17 @@ def chosen_epochs(records):
     return sorted({monitored[0]["epoch"], peak["epoch"], monitored[-1]["epoch"]})
 
 
+# The Fisher measurements: both estimators, with moving (inference) and with batch statistics.
+ESTIMATORS = {"exact": dict(per_layer=True), "batch_mean": dict(method="batch_mean"),
+              "exact_batch_statistics": dict(per_layer=True, bn_statistics="batch"),
+              "batch_mean_batch_statistics": dict(method="batch_mean", bn_statistics="batch")}
+
+
 def measure(model, train, test):
-    """Both Fisher estimators, diagnostics in both batch-norm modes, window deficits."""
-    exact = temporal_fisher(model, train, FLAGS.fisher_samples, per_layer=True)
-    batch_mean = temporal_fisher(model, train, FLAGS.fisher_samples, method="batch_mean")
+    """Both Fisher estimators and the diagnostics in both batch-norm modes, window deficits."""
     probe = TimestepProbe(model)
-    return {"exact": exact.to_json(), "batch_mean": batch_mean.to_json(),
+    return {**{name: temporal_fisher(model, train, FLAGS.fisher_samples, **options).to_json()
+               for name, options in ESTIMATORS.items()},
             "diagnostics": {mode: probe(*test, bn_statistics=mode).to_json()
                             for mode in BN_STATISTICS},
             "windows": window_accuracies(model, *test, FLAGS.window, 0.5, 0, 100)}
@@ -101,7 +107,10 @@ def main(argv):
                 print(f"{run_dir} [{name}] epoch {epoch}: exact IC "
                       f"{row['exact']['centroid']:.3f} I_t "
                       f"{np.round(row['exact']['fisher'], 3).tolist()}; batch-mean IC "
-                      f"{row['batch_mean']['centroid']:.3f}; accuracy at t alone (moving) "
+                      f"{row['batch_mean']['centroid']:.3f}; with batch statistics: exact IC "
+                      f"{row['exact_batch_statistics']['centroid']:.3f}, batch-mean IC "
+                      f"{row['batch_mean_batch_statistics']['centroid']:.3f}; "
+                      "accuracy at t alone (moving) "
                       f"{np.round(row['diagnostics']['moving']['accuracy_at'], 3).tolist()}",
                       flush=True)
         name = os.path.basename(os.path.normpath(run_dir))
@@ -124,7 +133,7 @@ def figures(name, run):
         last = by_epoch[epochs[-1]]
         plots.fisher_curves({f"epoch {e} ({estimator})": np.array(by_epoch[e][estimator]["fisher"])
                              / np.sum(by_epoch[e][estimator]["fisher"])
-                             for e in epochs for estimator in ("exact", "batch_mean")},
+                             for e in epochs for estimator in ESTIMATORS},
                             os.path.join(out, f"{tag}_fisher_curves.png"),
                             title=f"I_t / sum I_t, {variant}")
         blocks = np.array(list(last["exact"]["per_layer"].values()))

@@ -5,8 +5,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, run_tool
+from tic_tf import checkpoints
 from tic_tf.models import TemporalBatchNorm, build_model
 from tic_tf.models.layers import TimeFolded
 
@@ -53,15 +55,23 @@ def test_per_timestep_training_equals_keras_batch_norm_per_timestep_in_time_orde
         np.testing.assert_allclose(ours_w, ref_w, rtol=1e-6, atol=1e-6)
 
 
+def per_timestep_weights(layer, t):
+    """gamma, beta, moving mean and variance of timestep t (scale and offset per timestep for
+    "bntt", shared otherwise)."""
+    gamma, beta, mean, variance = layer.get_weights()
+    if layer.mode == "bntt":
+        gamma, beta = gamma[t], beta[t]
+    return [gamma, beta, mean[t], variance[t]]
+
+
+@pytest.mark.parametrize("mode", ["time_specific", "bntt"])
 @pytest.mark.parametrize("shape", [(4, 3, 8, 8, 16), (6, 4, 12)])
-def test_time_specific_equals_one_keras_batch_norm_per_timestep(shape):
+def test_time_specific_equals_one_keras_batch_norm_per_timestep(shape, mode):
     x = spike_features(shape)
-    ours = TemporalBatchNorm("time_specific", timesteps=shape[1], momentum=MOMENTUM,
-                             epsilon=EPSILON)
+    ours = TemporalBatchNorm(mode, timesteps=shape[1], momentum=MOMENTUM, epsilon=EPSILON)
     ours.build(shape)
     randomised(ours)
-    gamma, beta, mean, variance = ours.get_weights()
-    references = [keras_bn([gamma, beta, mean[t], variance[t]], len(shape) - 1)
+    references = [keras_bn(per_timestep_weights(ours, t), len(shape) - 1)
                   for t in range(shape[1])]
     inference = ours(x, training=False).numpy()
     for t, reference in enumerate(references):
@@ -77,15 +87,15 @@ def test_time_specific_equals_one_keras_batch_norm_per_timestep(shape):
                                    reference.moving_variance.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_time_specific_beyond_its_timesteps_reuses_the_last_and_refuses_to_train():
+@pytest.mark.parametrize("mode", ["time_specific", "bntt"])
+def test_time_specific_beyond_its_timesteps_reuses_the_last_and_refuses_to_train(mode):
     trained_steps = spike_features((4, 2, 5, 5, 6))
-    ours = TemporalBatchNorm("time_specific", timesteps=2)
+    ours = TemporalBatchNorm(mode, timesteps=2)
     ours.build(trained_steps.shape)
     randomised(ours)
     longer = spike_features((4, 4, 5, 5, 6), seed=3)
     outputs = ours(longer, training=False).numpy()
-    gamma, beta, mean, variance = ours.get_weights()
-    last = keras_bn([gamma, beta, mean[1], variance[1]], 4)
+    last = keras_bn(per_timestep_weights(ours, 1), 4)
     for t in (1, 2, 3):
         np.testing.assert_allclose(outputs[:, t], last(longer[:, t]).numpy(), rtol=1e-5,
                                    atol=1e-5)
@@ -95,7 +105,7 @@ def test_time_specific_beyond_its_timesteps_reuses_the_last_and_refuses_to_train
 
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="batch_norm must be one of per_timestep, shared, "
-                                         "time_specific"):
+                                         "time_specific, bntt"):
         build_model("resnet19", 10, 2, (32, 32, 3), width=1 / 16, batch_norm="tdbn")
 
 
@@ -192,3 +202,31 @@ def test_per_timestep_statistics_carry_spikes_to_the_deepest_layer_at_t1_where_s
     # denser later timesteps it dies out with depth.
     assert rates["per_timestep"][0] > 0.02
     assert rates["shared"][0] == 0.0 and rates["shared"][-1] > 0.02
+
+
+@pytest.mark.parametrize("mode", ["time_specific", "bntt"])
+def test_time_specific_models_checkpoint_and_export_at_another_timestep_count(mode, tmp_path):
+    """Checkpoint -> `python -m tic_tf.export --timesteps=3` of a model built for T=2: the
+    SavedModel equals the Keras model at T=3, whose first two timesteps are those of the T=2
+    model (the network is causal) and whose third reuses timestep 2's statistics."""
+    import tensorflow as tf
+
+    from conftest import run_tool
+    from tic_tf import checkpoints
+
+    config = dict(arch="alexnet", num_classes=10, timesteps=2, input_shape=[8, 8, 1],
+                  width=1 / 16, batch_norm=mode)
+    model = build_model(**config)
+    for layer in model.layers:
+        if isinstance(layer, TemporalBatchNorm):
+            randomised(layer)
+    path = checkpoints.write(str(tmp_path / "epoch-0001"), model, config)
+    result = run_tool("export", f"--checkpoint={path}", f"--output={tmp_path / 'served'}",
+                      "--timesteps=3")
+    assert result.returncode == 0, result.stderr
+    images = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    served = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"]
+    logits = served(images=tf.constant(images))["logits_per_timestep"].numpy()
+    np.testing.assert_allclose(logits, checkpoints.load_model(path, timesteps=3)[0](images),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:, :2], model(images), rtol=1e-5, atol=1e-5)

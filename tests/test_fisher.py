@@ -125,7 +125,9 @@ def batch_statistics_twin(model, images):
             if node.get("class_name") == "BatchNormalization":
                 node["config"]["momentum"] = 0.0
             if node.get("class_name") == "TemporalBatchNorm":
-                node["config"].update(mode="time_specific", timesteps=STEPS, momentum=0.0)
+                if node["config"]["mode"] == "per_timestep":
+                    node["config"].update(mode="time_specific", timesteps=STEPS)
+                node["config"]["momentum"] = 0.0
             for value in node.values():
                 calibrating(value)
         elif isinstance(node, list):
@@ -134,7 +136,7 @@ def batch_statistics_twin(model, images):
     calibrating(config)
     twin = keras.Model.from_config(config)
     for ours, theirs in zip(twin.layers, model.layers):
-        if isinstance(ours, TemporalBatchNorm):  # statistics of another shape: calibrated next
+        if isinstance(ours, TemporalBatchNorm):  # statistics maybe of another shape: set next
             ours.gamma.assign(theirs.gamma)
             ours.beta.assign(theirs.beta)
         else:
@@ -143,7 +145,7 @@ def batch_statistics_twin(model, images):
     return twin
 
 
-@pytest.mark.parametrize("batch_norm", ["per_timestep", "shared", "time_specific"])
+@pytest.mark.parametrize("batch_norm", ["per_timestep", "shared", "time_specific", "bntt"])
 def test_exact_fisher_with_batch_statistics_matches_brute_force_on_a_calibrated_twin(
         batch_norm):
     model = active_model(batch_norm=batch_norm, seed=3)
@@ -159,6 +161,20 @@ def test_exact_fisher_with_batch_statistics_matches_brute_force_on_a_calibrated_
     for variable, value in zip(model.variables, before):  # moving statistics included
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
     assert result.to_json()["bn_statistics"] == "batch"
+
+
+def test_exact_fisher_with_per_timestep_scale_and_offset_run_beyond_its_timesteps():
+    """bntt: every timestep has its own scale and offset; the last one's also act on the
+    timesteps beyond those the model was built with."""
+    model = with_timesteps(active_model(batch_norm="bntt", seed=4), STEPS + 1)
+    rng = np.random.default_rng(4)
+    images = rng.random((4, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 4).astype(np.int32)
+    result = temporal_fisher(model, (images, labels), 4, per_layer=True, batch_size=4)
+    expected, expected_blocks = brute_force(model, images, labels)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    for block, values in expected_blocks.items():
+        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
 
 
 def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):

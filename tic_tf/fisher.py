@@ -174,14 +174,15 @@ def _standardized(layer, layer_input, bn_statistics, moment_gradients=False):
 def _with_batch_statistics(layer, moment_gradients):
     """A stand-in for the batch-norm `layer`'s node in `run_layers`: normalises with each
     batch's own moments, as training does, but leaves the moving statistics alone."""
-    keras_layer = isinstance(layer, keras.layers.BatchNormalization)
-
     def normalize(layer_input):
         outputs = _standardized(layer, layer_input, "batch", moment_gradients)
-        if not keras_layer or layer.scale:
-            outputs = outputs * layer.gamma
-        if not keras_layer or layer.center:
-            outputs = outputs + layer.beta
+        if isinstance(layer, TemporalBatchNorm):
+            outputs = layer.scale_and_shift(outputs)
+        else:
+            if layer.scale:
+                outputs = outputs * layer.gamma
+            if layer.center:
+                outputs = outputs + layer.beta
         return tf.cast(outputs, layer.compute_dtype)
     return normalize
 
@@ -208,6 +209,23 @@ def _is_time_major(node):
     return isinstance(node, (TimeFolded, TemporalBatchNorm))
 
 
+def _sq_norm_of_sums(layer, terms, steps):
+    """sum_n ||g_n||^2 where g_n, a sample's gradient of the batch-norm's offset (terms: output
+    gradients) or scale (terms: those times the standardised input), sums `terms`
+    `[n, positions, C]` over the positions (time-major, `steps` timesteps) each parameter
+    acts on: all of them, or for "bntt" those of its own timestep (the last one's parameters
+    also act on every timestep beyond those kept)."""
+    if layer.mode != "bntt":
+        return tf.reduce_sum(tf.square(tf.reduce_sum(terms, 1)))
+    per_step = tf.reduce_sum(tf.reshape(terms, [-1, steps, terms.shape[1] // steps,
+                                                terms.shape[2]]), 2)
+    kept = layer.timesteps
+    if steps > kept:
+        per_step = tf.concat([per_step[:, :kept - 1],
+                              tf.reduce_sum(per_step[:, kept - 1:], 1, keepdims=True)], 1)
+    return tf.reduce_sum(tf.square(per_step))
+
+
 def _layer_sq_norm(spec, features, delta, live_steps):
     """sum over samples of ||per-sample gradient of L_t w.r.t. this layer's parameters||^2.
 
@@ -222,9 +240,10 @@ def _layer_sq_norm(spec, features, delta, live_steps):
         steps = delta.shape[1]
         rows = rows[:, :rows.shape[1] * live_steps // steps]
         features = features[:, :features.shape[1] * live_steps // steps]
-    bias_sum = tf.reduce_sum(tf.square(tf.reduce_sum(rows, 1)))
     if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
-        return bias_sum + tf.reduce_sum(tf.square(tf.reduce_sum(rows * features, 1)))
+        return (_sq_norm_of_sums(layer, rows, live_steps)
+                + _sq_norm_of_sums(layer, rows * features, live_steps))
+    bias_sum = tf.reduce_sum(tf.square(tf.reduce_sum(rows, 1)))
     if isinstance(layer, keras.layers.BatchNormalization):
         total = bias_sum if layer.center else 0.0
         if layer.scale:

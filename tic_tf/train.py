@@ -43,7 +43,8 @@ flags.DEFINE_enum("batch_norm", "per_timestep", list(BATCH_NORM_MODES),
                   "How batch-norm treats time. per_timestep: each timestep normalised with its "
                   "own batch statistics in training (the paper's code); shared: statistics "
                   "pooled over all timesteps (SpikingJelly multi-step, tdBN); time_specific: "
-                  "per-timestep statistics kept for inference too (BNTT).")
+                  "per-timestep statistics kept for inference too (BNTT's statistics); bntt: "
+                  "and per-timestep scale and offset.")
 flags.DEFINE_enum("loss", "ce", ["ce", "alpha"], "ce: cross-entropy of the mean logits; "
                   "alpha: (1/T) sum_t |L_t - alpha| (Eq. 10), steering Fisher information.")
 flags.DEFINE_float("alpha", 0.01, "alpha of --loss=alpha (paper, CIFAR10: 1e-3 low, 1e-2 "

@@ -39,9 +39,9 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
     attacks, serving) all work in pixel space; left out, the images pass through unchanged.
     batch_norm: how batch-norm after the stem treats time, "per_timestep" (the reference
-    code), "shared" or "time_specific"; see `tic_tf.models.batch_norm`.
-    The weights do not depend on `timesteps` (but for "time_specific" statistics, which
-    `with_timesteps` keeps): see `with_timesteps`.
+    code), "shared", "time_specific" or "bntt"; see `tic_tf.models.batch_norm`.
+    The weights do not depend on `timesteps` (but for the per-timestep statistics, scale and
+    offset of "time_specific" and "bntt", which `with_timesteps` keeps): see `with_timesteps`.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")

@@ -12,6 +12,9 @@ statistics treat time.
   statistics and uses them in inference too (the statistics of Batch Normalization Through
   Time, Kim & Panda 2021), so inference sees every timestep as training did. A model run for
   more timesteps than it was built with uses the last timestep's statistics beyond them.
+- "bntt": as "time_specific", and each timestep also has its own scale and offset (BNTT in
+  full: the network may learn to weigh timesteps differently); beyond the built timesteps,
+  the last one's.
 
 Moments follow Keras' BatchNormalization: the biased variance, computed in float32 whatever
 the model's precision, all-reduced over replicas when `synchronized`.
@@ -19,7 +22,8 @@ the model's precision, all-reduced over replicas when `synchronized`.
 import keras
 import tensorflow as tf
 
-BATCH_NORM_MODES = ("per_timestep", "shared", "time_specific")
+BATCH_NORM_MODES = ("per_timestep", "shared", "time_specific", "bntt")
+_PER_TIMESTEP_STATISTICS = ("time_specific", "bntt")  # moving statistics kept per timestep
 # Which statistics a measurement normalises with: the moving ones (inference mode) or each
 # batch's own (as in training).
 BN_STATISTICS = ("moving", "batch")
@@ -35,21 +39,22 @@ def check_batch_norm_mode(mode):
 @keras.saving.register_keras_serializable(package="tic_tf")
 class TemporalBatchNorm(keras.layers.Layer):
     """Batch-norm of `[batch, time, ..., channels]` with per-timestep training statistics:
-    modes "per_timestep" and "time_specific" ("shared" is a Keras BatchNormalization over
-    time folded into the batch).
+    modes "per_timestep", "time_specific" and "bntt" ("shared" is a Keras BatchNormalization
+    over time folded into the batch).
 
-    timesteps: how many timesteps keep their own moving statistics ("time_specific" only).
+    timesteps: how many timesteps keep their own moving statistics (and for "bntt" their own
+    scale and offset); "time_specific" and "bntt" only.
     momentum, epsilon: as in Keras (the defaults are PyTorch's momentum 0.1 and eps 1e-5).
     """
 
     def __init__(self, mode="per_timestep", timesteps=None, momentum=0.9, epsilon=1e-5,
                  synchronized=False, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("per_timestep", "time_specific"):
-            raise ValueError(f"TemporalBatchNorm mode must be per_timestep or time_specific, "
-                             f"got {mode!r}.")
-        if mode == "time_specific" and not (timesteps and int(timesteps) >= 1):
-            raise ValueError("batch_norm='time_specific' needs the number of timesteps.")
+        if mode not in ("per_timestep", *_PER_TIMESTEP_STATISTICS):
+            raise ValueError(f"TemporalBatchNorm mode must be per_timestep, time_specific or "
+                             f"bntt, got {mode!r}.")
+        if mode in _PER_TIMESTEP_STATISTICS and not (timesteps and int(timesteps) >= 1):
+            raise ValueError(f"batch_norm={mode!r} needs the number of timesteps.")
         self.mode = mode
         self.timesteps = int(timesteps) if timesteps else None
         self.momentum = float(momentum)
@@ -58,11 +63,13 @@ class TemporalBatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        stats = (self.timesteps, channels) if self.mode == "time_specific" else (channels,)
+        per_time = (self.timesteps, channels)
+        stats = per_time if self.mode in _PER_TIMESTEP_STATISTICS else (channels,)
+        affine = per_time if self.mode == "bntt" else (channels,)
         # Never autocast: statistics and affine parameters stay float32 under mixed precision.
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma",
+        self.gamma = self.add_weight(shape=affine, initializer="ones", name="gamma",
                                      autocast=False)
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta",
+        self.beta = self.add_weight(shape=affine, initializer="zeros", name="beta",
                                     autocast=False)
         self.moving_mean = self.add_weight(shape=stats, initializer="zeros", name="moving_mean",
                                            trainable=False, autocast=False)
@@ -74,13 +81,17 @@ class TemporalBatchNorm(keras.layers.Layer):
         """`[T, C]` -> broadcastable against `[batch, T, ..., C]` inputs of rank `rank`."""
         return tf.reshape(values, [1, values.shape[0]] + [1] * (rank - 3) + [values.shape[1]])
 
+    def _rows(self, values, steps):
+        """Per-timestep `[T_kept, C]` values for `steps` timesteps: beyond the kept ones, the
+        last one's."""
+        return tf.gather(values, [min(t, self.timesteps - 1) for t in range(steps)])
+
     def inference_statistics(self, steps):
         """Moving mean and variance for `steps` timesteps, each `[steps, channels]`."""
         mean, variance = self.moving_mean, self.moving_variance
-        if self.mode != "time_specific":
+        if self.mode not in _PER_TIMESTEP_STATISTICS:
             return tf.tile(mean[None], [steps, 1]), tf.tile(variance[None], [steps, 1])
-        rows = [min(t, self.timesteps - 1) for t in range(steps)]
-        return tf.gather(mean, rows), tf.gather(variance, rows)
+        return self._rows(mean, steps), self._rows(variance, steps)
 
     def batch_statistics(self, inputs):
         """Mean and biased variance of each timestep over batch and positions, `[T, C]`."""
@@ -94,9 +105,17 @@ class TemporalBatchNorm(keras.layers.Layer):
         return ((tf.cast(inputs, tf.float32) - self._per_time(mean, rank))
                 * self._per_time(tf.math.rsqrt(variance + self.epsilon), rank))
 
+    def scale_and_shift(self, standardized):
+        """gamma * standardized + beta, per timestep for "bntt"."""
+        if self.mode != "bntt":
+            return standardized * self.gamma + self.beta
+        steps, rank = standardized.shape[1], len(standardized.shape)
+        return (standardized * self._per_time(self._rows(self.gamma, steps), rank)
+                + self._per_time(self._rows(self.beta, steps), rank))
+
     def _update_moving_statistics(self, mean, variance):
         steps = mean.shape[0]
-        if self.mode == "time_specific":
+        if self.mode in _PER_TIMESTEP_STATISTICS:
             if steps > self.timesteps:
                 raise ValueError(f"This time-specific batch-norm keeps statistics for "
                                  f"{self.timesteps} timesteps; it cannot train on {steps}.")
@@ -118,7 +137,7 @@ class TemporalBatchNorm(keras.layers.Layer):
             self._update_moving_statistics(mean, variance)
         else:
             mean, variance = self.inference_statistics(inputs.shape[1])
-        outputs = self.standardize(inputs, mean, variance) * self.gamma + self.beta
+        outputs = self.scale_and_shift(self.standardize(inputs, mean, variance))
         return tf.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
