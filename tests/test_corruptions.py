@@ -23,6 +23,15 @@ def test_blur_keeps_shape_and_range_and_removes_detail():
     assert np.abs(np.diff(out, axis=2)).mean() < np.abs(np.diff(IMAGES, axis=2)).mean()
 
 
+def test_blur_defaults_to_half_the_side_and_refuses_sizes_that_do_not_blur():
+    np.testing.assert_array_equal(blur(IMAGES).numpy(), blur(IMAGES, 16).numpy())
+    digits = IMAGES[:, :8, :8, :1]
+    np.testing.assert_array_equal(blur(digits).numpy(), blur(digits, 4).numpy())
+    for size in (0, 8, 16):
+        with pytest.raises(UserError, match=r"blur size must lie in \[1, 7\] for 8x8 images"):
+            blur(digits, size)
+
+
 def test_windowed_frames_touch_only_the_window():
     noisy = gaussian_noise(IMAGES, 0.5, seed=(0, 0))
     frames = windowed_frames(tf.constant(IMAGES), noisy, 5, start=2, window=2).numpy()

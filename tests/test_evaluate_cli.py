@@ -31,6 +31,7 @@ def test_table_one_report(trained_run, tmp_path):
     (["--evaluations=clean,cw"], "Unknown evaluation(s) ['cw']"),
     (["--evaluations=pgd_window", "--window=2,2"], "lies outside [1, 2]"),
     (["--checkpoints=/nonexistent"], "does not exist"),
+    (["--blur_size=32"], "blur size must lie in [1, 31] for 32x32 images"),
 ])
 def test_bad_evaluation_input_fails_cleanly(trained_run, tmp_path, args, message):
     npz, run_dir, _ = trained_run

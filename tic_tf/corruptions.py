@@ -20,14 +20,25 @@ def gaussian_noise(images, fraction=0.5, seed=(0, 0)):
     return images + noise * tf.reshape(scale, [-1] + [1] * len(axes))
 
 
-def blur(images, size=16):
-    """Downsample to `size` x `size` and upsample back, both bilinear."""
-    if size < 1:
-        raise UserError(f"blur size must be >= 1, got {size}.")
+def blur(images, size=None):
+    """Downsample to `size` x `size` and upsample back, both bilinear; by default to half the
+    image side (16 for 32x32 images, the paper's setting; 4 for 8x8 digits)."""
     images = tf.convert_to_tensor(images, tf.float32)
     height, width = images.shape[1:3]
+    size = blur_size(images.shape, size)
     small = tf.image.resize(images, [size, size], method="bilinear", antialias=False)
     return tf.image.resize(small, [height, width], method="bilinear")
+
+
+def blur_size(image_shape, size=None):
+    """The side `blur` resizes images `[batch, H, W, C]` to: `size`, or half the smaller side."""
+    height, width = image_shape[1:3]
+    size = min(height, width) // 2 if size is None else int(size)
+    if not 1 <= size < min(height, width):
+        raise UserError(f"blur size must lie in [1, {min(height, width) - 1}] for "
+                        f"{height}x{width} images (smaller than the image, or nothing is "
+                        f"blurred), got {size}.")
+    return size
 
 
 def check_window(start, window, steps):

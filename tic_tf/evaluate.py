@@ -21,7 +21,7 @@ from tic_tf import checkpoints, cli
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.atomic import write_json, write_text
 from tic_tf.compiled import cached
-from tic_tf.corruptions import blur, check_window, gaussian_noise
+from tic_tf.corruptions import blur, blur_size, check_window, gaussian_noise
 from tic_tf.data import get_spec, load_arrays, to_unit_range
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
@@ -42,7 +42,8 @@ flags.DEFINE_float("pgd_step", 4 / 255, "PGD step size.")
 flags.DEFINE_integer("pgd_iterations", 10, "PGD iterations.")
 flags.DEFINE_boolean("random_start", False, "Start PGD at a random point of the eps-ball.")
 flags.DEFINE_float("noise", 0.5, "Gaussian noise l2 norm as a fraction of the image's.")
-flags.DEFINE_integer("blur_size", 16, "Blur: bilinear downsampling to this size and back.")
+flags.DEFINE_integer("blur_size", None, "Blur: bilinear downsampling to this size and back "
+                     "(default: half the image side, 16 for 32x32 images as in the paper).")
 flags.DEFINE_list("window", ["1", "2"], "start,width of the timesteps the *_window attacks "
                   "perturb (1-based).")
 flags.DEFINE_list("attack_surrogates", [], "Extra surrogate sharpnesses (the model trained "
@@ -141,6 +142,7 @@ def main(argv):
         checkpoints.check_matches_dataset(config, spec, path)
         if any(n.endswith("_window") for n in FLAGS.evaluations):
             check_window(*window, FLAGS.timesteps or config["timesteps"])
+    blurred_to = blur_size((None, *spec.image_shape), FLAGS.blur_size)  # refused before work
     arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
     images = to_unit_range(arrays.x_test[:FLAGS.eval_samples])
     labels = arrays.y_test[:FLAGS.eval_samples]
@@ -172,6 +174,7 @@ def main(argv):
         "dataset", "evaluations", "eps", "pgd_step", "pgd_iterations", "random_start", "noise",
         "blur_size", "window", "attack_surrogates", "eval_samples", "timesteps", "seed")}
     settings["test_images"] = len(images)
+    settings["blur_size"] = blurred_to
     write_json(os.path.join(FLAGS.output_dir, "report.json"),
                {"settings": settings, "models": rows})
     write_text(os.path.join(FLAGS.output_dir, "report.md"),
