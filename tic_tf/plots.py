@@ -63,11 +63,14 @@ def centroids_by_label(series, path=None):
 def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", ylabel=""):
     """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
     matrix = np.asarray(matrix, dtype=float)
-    # Room for a title, tick labels and a colour bar however few the rows or columns.
-    figure, axis = plt.subplots(figsize=(max(4.5, 2.5 + 0.45 * len(column_labels)),
+    # Room for a title, tick labels and a colour bar however few the rows or columns, and no
+    # wider than TensorBoard's image cards show legibly however many (e.g. epochs).
+    figure, axis = plt.subplots(figsize=(min(7.0, max(4.5, 2.5 + 0.45 * len(column_labels))),
                                          max(3.0, 1.5 + 0.35 * len(row_labels))))
     image = axis.imshow(matrix, aspect="auto", cmap="viridis")
-    axis.set_xticks(range(len(column_labels)), [str(c) for c in column_labels])
+    every = -(-len(column_labels) // 10)  # at most about 10 column labels
+    columns = range(0, len(column_labels), every)
+    axis.set_xticks(columns, [str(list(column_labels)[c]) for c in columns])
     axis.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize="small")
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
