@@ -40,10 +40,10 @@ class TimestepProbe:
         self.model = model
         layers = lif_layers(model)
         self.names = [layer.name for layer in layers]
-        probe = keras.Model(model.inputs, [layer.output for layer in layers] + [model.output])
-        self.forward = {statistics: tf.function(
-            lambda images, training=statistics == "batch": probe(images, training=training))
-            for statistics in BN_STATISTICS}
+        # Called eagerly: a tf.function per probe would be traced anew for every checkpoint
+        # analysed, and TensorFlow warns about frequent retracing; the convolutions dominate.
+        self.forward = keras.Model(model.inputs,
+                                   [layer.output for layer in layers] + [model.output])
 
     def __call__(self, images, labels, bn_statistics="moving", batch_size=256):
         """Diagnostics on `images` in [0, 1] with integer `labels`.
@@ -59,7 +59,8 @@ class TimestepProbe:
         spikes, correct_upto, correct_at = 0.0, 0.0, 0.0
         try:
             for begin in range(0, len(images), batch_size):
-                *rates, logits = self.forward[bn_statistics](images[begin:begin + batch_size])
+                *rates, logits = self.forward(images[begin:begin + batch_size],
+                                              training=bn_statistics == "batch")
                 batch_labels = labels[begin:begin + batch_size]
                 count = len(batch_labels)
                 spikes = spikes + count * np.stack([
