@@ -33,7 +33,7 @@ def lif_rates(currents, tau=2.0, threshold=1.0):
 def test_firing_and_accuracy_per_timestep_match_a_direct_computation(model_and_data):
     model, images, labels = model_and_data
     result = TimestepProbe(model)(images, labels, batch_size=10)  # uneven last batch
-    stem = keras.Model(model.inputs, model.get_layer("stem_bn").output)(images).numpy()
+    stem = keras.Model(model.input, model.get_layer("stem_bn").output)(images).numpy()
     np.testing.assert_allclose(result.firing["stem_lif"], lif_rates([stem] * STEPS), atol=1e-6)
     logits = model(images).numpy()
     upto = np.argmax(np.cumsum(logits, axis=1), -1) == labels[:, None]
@@ -59,7 +59,7 @@ def test_time_specific_twin_infers_as_training_normalised_its_calibration_batch(
     model, images, _ = model_and_data
     # The stem's batch-norm is not per timestep: give it this batch's statistics, so that it
     # too normalises alike in both modes.
-    stem = keras.Model(model.inputs, model.get_layer("stem_conv").output)(images)
+    stem = keras.Model(model.input, model.get_layer("stem_conv").output)(images)
     mean, variance = keras.ops.moments(stem, axes=[0, 1, 2])  # as BatchNormalization does
     model.get_layer("stem_bn").moving_mean.assign(mean)
     model.get_layer("stem_bn").moving_variance.assign(variance)

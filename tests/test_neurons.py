@@ -105,7 +105,7 @@ def test_recomputed_states_give_the_stored_states_values():
     model = build_model("resnet19", 10, 3, (32, 32, 3), width=0.0625)
     images = tf.random.uniform((4, 32, 32, 3), seed=1)
     labels = tf.constant([0, 1, 2, 3])
-    probe = keras.Model(model.inputs, [layer.output for layer in lif_layers(model)])
+    probe = keras.Model(model.input, [layer.output for layer in lif_layers(model)])
 
     @tf.function
     def spikes_logits_gradients():

@@ -42,7 +42,7 @@ class TimestepProbe:
         self.names = [layer.name for layer in layers]
         # Called eagerly: a tf.function per probe would be traced anew for every checkpoint
         # analysed, and TensorFlow warns about frequent retracing; the convolutions dominate.
-        self.forward = keras.Model(model.inputs,
+        self.forward = keras.Model(model.input,
                                    [layer.output for layer in layers] + [model.output])
 
     def __call__(self, images, labels, bn_statistics="moving", batch_size=256):
