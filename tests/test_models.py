@@ -85,6 +85,8 @@ def test_bptt_training_learns_a_separable_task():
     images[labels == 0, :, 14:] += 0.8
     # Shared statistics: with per-timestep ones, 6 epochs leave the inference-mode network
     # silent at early timesteps (see tests/test_batch_norm.py), which this test is not about.
+    # Margin, measured for seeds 0-4 with op determinism off and on: the loss fell to 0.1-6.9%
+    # of its start (asserted: 50%), accuracy 99.6-100% (asserted: 90%).
     model = build_model("resnet19", 2, 2, (28, 28, 1), width=1 / 16, batch_norm="shared")
     model.compile(keras.optimizers.Adam(1e-2), MeanLogitCrossEntropy(), metrics=[accuracy_metric()])
     before = model.evaluate(images, labels, verbose=0)[0]
