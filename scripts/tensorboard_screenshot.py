@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 from absl import app, flags
@@ -23,6 +24,8 @@ flags.DEFINE_string("logdir", None, "TensorBoard log directory of a run.", requi
 flags.DEFINE_string("output_dir", "tensorboard_screenshots", "Where the PNGs go.")
 flags.DEFINE_string("chromium", None, "Chromium binary (default: chromium on the PATH).")
 flags.DEFINE_list("dashboards", ["scalars", "images", "timeseries"], "Dashboards to capture.")
+flags.DEFINE_string("tag_filter", None, "Regular expression of the tags to show (TensorBoard's "
+                    "tag filter, e.g. 'fisher|test'); default all.")
 flags.DEFINE_string("window_size", "1600,1400", "Browser window width,height in pixels.")
 flags.DEFINE_integer("render_ms", 15000, "Time the page gets to load its data and draw.")
 FLAGS = flags.FLAGS
@@ -56,6 +59,12 @@ def wait_for_scalars(port, server, timeout=120):
              "is it a run's tensorboard/ directory?")
 
 
+def url(port, dashboard):
+    """The dashboard's address, with the tag filter in TensorBoard's URL fragment."""
+    query = f"&tagFilter={urllib.parse.quote(FLAGS.tag_filter)}" if FLAGS.tag_filter else ""
+    return f"http://127.0.0.1:{port}/#{dashboard}{query}"
+
+
 def main(argv):
     del argv
     chromium = FLAGS.chromium or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -78,7 +87,7 @@ def main(argv):
                 subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                 f"--window-size={FLAGS.window_size}",
                                 f"--virtual-time-budget={FLAGS.render_ms}",
-                                f"--screenshot={path}", f"http://127.0.0.1:{port}/#{dashboard}"],
+                                f"--screenshot={path}", url(port, dashboard)],
                                check=True, capture_output=True, timeout=300)
             print(f"Wrote {path}")
     finally:
