@@ -1,4 +1,10 @@
-"""Running a functional model's graph with hooks: record layer tensors, substitute layers."""
+"""Running a functional model's graph with hooks: record layer tensors, substitute layers.
+
+The graph is read from the model's config, Keras' documented serialised form, in which every
+layer lists the layer outputs it is called on (`inbound_nodes`, topologically ordered); no
+Keras internals are involved.
+"""
+import inspect
 
 
 def run_layers(model, inputs, substitute=None, record=(), training=False):
@@ -13,19 +19,43 @@ def run_layers(model, inputs, substitute=None, record=(), training=False):
     substitute = {id(layer): fn for layer, fn in (substitute or {}).items()}
     slots = {id(layer): i for i, layer in enumerate(record)}
     recorded = [None] * len(slots)
-
-    def hooked(operation):
-        def call(*args, **kwargs):
-            if id(operation) in substitute:
-                result = substitute[id(operation)](*args)
+    config = model.get_config()
+    tensors = {_history(config["input_layers"]): inputs}
+    for layer_config in config["layers"]:
+        layer = model.get_layer(layer_config["name"])
+        for index, node in enumerate(layer_config["inbound_nodes"]):
+            args = _resolve(node["args"], tensors)
+            kwargs = _resolve(node["kwargs"], tensors)
+            if id(layer) in substitute:
+                result = substitute[id(layer)](*args)
             else:
-                if "training" in getattr(operation, "_call_context_args", {}):
+                if "training" in inspect.signature(layer.call).parameters:
                     kwargs["training"] = training
-                result = operation(*args, **kwargs)
-            if id(operation) in slots:
-                recorded[slots[id(operation)]] = (args[0], result)
-            return result
-        return call
+                result = layer(*args, **kwargs)
+            if id(layer) in slots:
+                recorded[slots[id(layer)]] = (args[0], result)
+            for position, tensor in enumerate(result if isinstance(result, (list, tuple))
+                                              else [result]):
+                tensors[(layer.name, index, position)] = tensor
+    return tensors[_history(config["output_layers"])], recorded
 
-    # Keras' own graph walker; the hooks are why model.__call__ does not serve here.
-    return model._run_through_graph([inputs], operation_fn=hooked), recorded
+
+def _history(endpoint):
+    """(layer name, node index, tensor index) of the model's one input or output."""
+    if endpoint and isinstance(endpoint[0], list):
+        if len(endpoint) != 1:
+            raise ValueError("run_layers supports models with one input and one output.")
+        endpoint = endpoint[0]
+    return tuple(endpoint)
+
+
+def _resolve(value, tensors):
+    """`value` (a node's serialised arguments) with every Keras tensor replaced by the tensor
+    computed for it."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return tensors[tuple(value["config"]["keras_history"])]
+        return {key: _resolve(item, tensors) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_resolve(item, tensors) for item in value]
+    return value
