@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tic_tf.diagnostics import TimestepProbe
-from tic_tf.models import build_model, time_specific_twin
+from tic_tf.models import build_model, lif_layers, time_specific_twin
 
 STEPS = 3
 
@@ -40,6 +40,7 @@ def test_firing_and_accuracy_per_timestep_match_a_direct_computation(model_and_d
     at = np.argmax(logits, -1) == labels[:, None]
     np.testing.assert_allclose(result.accuracy_upto, upto.mean(0))
     np.testing.assert_allclose(result.accuracy_at, at.mean(0))
+    assert result.to_json()["layers"] == [layer.name for layer in lif_layers(model)]
 
 
 def test_batch_statistics_change_no_variable_and_match_training_mode(model_and_data):

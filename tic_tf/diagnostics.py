@@ -27,7 +27,8 @@ class TimestepDiagnostics:
     num_samples: int
 
     def to_json(self):
-        return {"bn_statistics": self.bn_statistics,
+        # JSON files here are written with sorted keys: "layers" keeps the network's order.
+        return {"bn_statistics": self.bn_statistics, "layers": list(self.firing),
                 "firing": {k: v.tolist() for k, v in self.firing.items()},
                 "accuracy_upto": self.accuracy_upto.tolist(),
                 "accuracy_at": self.accuracy_at.tolist(), "num_samples": self.num_samples}
