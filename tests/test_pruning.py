@@ -9,7 +9,8 @@ from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import build_model
 from tic_tf.pruning import (ConstantSparsity, PolynomialDecay, PruningSummaries,
                             UpdatePruningStep, attach_masks, auto_timesteps, compute_saved, layer_sparsity, overall_sparsity,
-                            prunable_layers, prune_to_sparsity, strip_pruning)
+                            prunable_layers, prune_to_sparsity, retraining_schedule,
+                            strip_pruning)
 from tic_tf.serving import export_saved_model
 
 
@@ -157,3 +158,12 @@ def test_bad_sparsity_is_refused():
         prune_to_sparsity(masks, 1.0)
     with pytest.raises(ValueError, match="scope must be one of"):
         prune_to_sparsity(masks, 0.5, "row")
+
+
+def test_retraining_rate_restarts_at_full_rate_every_round():
+    schedule, steps = retraining_schedule(0.01, 50), 50
+    for round_index in range(4):
+        for step in (0, 10, 25, 49):
+            expected = 0.5 * 0.01 * (1 + np.cos(np.pi * step / steps))
+            assert float(schedule(round_index * steps + step)) == pytest.approx(expected,
+                                                                                rel=1e-5)

@@ -32,7 +32,7 @@ from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import with_timesteps
 from tic_tf.pruning import (PruningSummaries, attach_masks, auto_timesteps, compute_saved,
-                            overall_sparsity, prune_to_sparsity)
+                            overall_sparsity, prune_to_sparsity, retraining_schedule)
 
 cli.define_data_flags()
 distribute.define_flags()
@@ -134,8 +134,7 @@ def run_track(strategy, source, config, retrain_steps, arrays, test, spec, write
     with strategy.scope():
         model = with_timesteps(source, retrain_steps)
         masks = attach_masks(model)
-        schedule = keras.optimizers.schedules.CosineDecayRestarts(
-            FLAGS.learning_rate, first_decay_steps=FLAGS.retrain_epochs * steps)
+        schedule = retraining_schedule(FLAGS.learning_rate, FLAGS.retrain_epochs * steps)
         optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum,
                                          weight_decay=FLAGS.weight_decay or None)
         model.compile(optimizer, MeanLogitCrossEntropy(), metrics=[accuracy_metric()],

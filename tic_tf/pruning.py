@@ -125,6 +125,14 @@ def compute_saved(train_epochs, retrain_epochs, rounds, timesteps, retrain_times
     return 100.0 * retrain_epochs * rounds * (timesteps - retrain_timesteps) / total
 
 
+def retraining_schedule(learning_rate, steps_per_round):
+    """Cosine decay from `learning_rate` to 0 over each round's `steps_per_round` steps,
+    restarting at the full rate every round (Keras' default t_mul=2 would double the second
+    round's period, so it ended at half the rate and the third started at half)."""
+    return keras.optimizers.schedules.CosineDecayRestarts(
+        learning_rate, first_decay_steps=steps_per_round, t_mul=1.0, m_mul=1.0)
+
+
 def auto_timesteps(fisher_values, threshold):
     """The smallest t (1-based) such that I_s < threshold * max(I) for every s > t."""
     values = np.asarray(fisher_values, dtype=np.float64)
