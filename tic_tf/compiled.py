@@ -1,12 +1,23 @@
-"""Compiled functions cached per model, so repeated calls trace and compile once."""
-import weakref
+"""Compiled functions cached per model, so repeated calls trace and compile once.
 
-_CACHE = weakref.WeakKeyDictionary()
+A compiled function holds its model, so the cache keeps the functions of the few models used
+last and lets older ones go: analysing or evaluating checkpoint after checkpoint keeps a
+bounded number of models alive, not all of them.
+"""
+import collections
+
+MODELS_KEPT = 4
+_CACHE = collections.OrderedDict()  # id(model) -> (model, {key: function}), oldest first
 
 
 def cached(model, key, factory):
-    """`factory()` for (model, key), built on first use and kept while the model lives."""
-    per_model = _CACHE.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = factory()
-    return per_model[key]
+    """`factory()` for (model, key), built on first use and kept while `model` is among the
+    `MODELS_KEPT` models used last."""
+    entry = _CACHE.pop(id(model), (model, {}))
+    _CACHE[id(model)] = entry  # now the most recent
+    while len(_CACHE) > MODELS_KEPT:
+        _CACHE.popitem(last=False)
+    functions = entry[1]
+    if key not in functions:
+        functions[key] = factory()
+    return functions[key]
