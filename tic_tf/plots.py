@@ -1,21 +1,23 @@
-"""PNG plots of Fisher curves, centroids, heat maps and window deficits (matplotlib, Agg)."""
+"""PNG plots of Fisher curves, centroids, heat maps and window deficits (matplotlib figures
+drawn without pyplot, so importing this module changes no global matplotlib state)."""
 import io
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # without pyplot: no global backend, no open figures
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+from tic_tf.atomic import partial_path
 
-from tic_tf.atomic import partial_path  # noqa: E402
+
+def _subplots(figsize):
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots()
 
 
 def _save(figure, path):
     """Write the figure as PNG at `path` atomically; returns the PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
     data = buffer.getvalue()
     if path is not None:
         partial = partial_path(path)
@@ -27,7 +29,7 @@ def _save(figure, path):
 
 def fisher_curves(curves, path=None, title="Temporal Fisher information"):
     """I_t against t, one line per label in `curves` ({label: values})."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     for label, values in curves.items():
         axis.plot(np.arange(1, len(values) + 1), values, marker="o", label=str(label))
     axis.set_xticks(range(1, max(len(v) for v in curves.values()) + 1))
@@ -40,7 +42,7 @@ def fisher_curves(curves, path=None, title="Temporal Fisher information"):
 
 def centroids(epochs, values, path=None):
     """Information centroid against training epoch."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     axis.plot(epochs, values, marker="o")
     axis.set_xlabel("epoch")
     axis.set_ylabel("information centroid")
@@ -50,7 +52,7 @@ def centroids(epochs, values, path=None):
 
 def centroids_by_label(series, path=None):
     """Information centroid against epoch, one line per label ({label: (epochs, values)})."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     for label, (epochs, values) in series.items():
         axis.plot(epochs, values, marker="o", label=str(label))
     axis.set_xlabel("epoch")
@@ -65,7 +67,7 @@ def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", y
     matrix = np.asarray(matrix, dtype=float)
     # Room for a title, tick labels and a colour bar however few the rows or columns, and no
     # wider than TensorBoard's image cards show legibly however many (e.g. epochs).
-    figure, axis = plt.subplots(figsize=(min(7.0, max(4.5, 2.5 + 0.45 * len(column_labels))),
+    figure, axis = _subplots(figsize=(min(7.0, max(4.5, 2.5 + 0.45 * len(column_labels))),
                                          max(3.0, 1.5 + 0.35 * len(row_labels))))
     image = axis.imshow(matrix, aspect="auto", cmap="viridis")
     every = -(-len(column_labels) // 10)  # at most about 10 column labels
@@ -89,7 +91,7 @@ def firing_heatmap(firing, title, path=None):
 def timestep_accuracy(results, path=None, title=""):
     """Accuracy from timesteps 1..t and from timestep t alone, per batch-norm statistics mode
     ({mode: diagnostics JSON})."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     for mode, result in results.items():
         steps = np.arange(1, len(result["accuracy_at"]) + 1)
         line, = axis.plot(steps, result["accuracy_upto"], marker="o", label=f"{mode}: 1..t")
@@ -106,7 +108,7 @@ def timestep_accuracy(results, path=None, title=""):
 
 def window_deficits(starts, values, path=None, window=3, relative=True):
     """Accuracy (relative to the last window's) with noise in timesteps [t, t+window-1]."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     axis.bar([str(t) for t in starts], values)
     if relative:
         axis.axhline(1.0, color="grey", linewidth=0.8)
@@ -118,7 +120,7 @@ def window_deficits(starts, values, path=None, window=3, relative=True):
 
 def accuracy_vs_sparsity(series, path=None, title=""):
     """Accuracy against sparsity, one line per label in `series` ({label: (sparsity, acc)})."""
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _subplots(figsize=(5, 3.5))
     for label, (sparsity, accuracy) in series.items():
         axis.plot(100 * np.asarray(sparsity), 100 * np.asarray(accuracy), marker="o",
                   label=str(label))
