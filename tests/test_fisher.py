@@ -203,6 +203,9 @@ def test_information_centroid_hand_cases():
     assert information_centroid([2.0] * 6) == pytest.approx(3.5)
     assert information_centroid([0, 0, 1.0]) == 3.0
     assert information_centroid([1.0, 3.0]) == pytest.approx(1.75)
+    assert np.isnan(information_centroid([0.0, 0.0, 0.0]))  # no information: undefined
+    with pytest.raises(ValueError, match="non-negative"):
+        information_centroid([1.0, -1.0])
 
 
 def test_bad_input_is_refused(setup):

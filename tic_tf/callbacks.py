@@ -50,17 +50,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class TimestepMonitor(keras.callbacks.Callback):
-    """Adds, on fixed test `images`, every LIF layer's mean spike rate (`firing_rate/<layer>`),
-    the accuracy per timestep (`timestep_accuracy/upto_t`: logits accumulated over 1..t;
-    `.../at_t`: timestep t alone), each with batch-norm in inference mode, and a
-    `diagnostics` record of both batch-norm modes to the logs; draws layer x timestep firing
-    heat maps of both into TensorBoard."""
+    """Adds, on fixed test `images`, every LIF layer's mean spike rate (`firing_rate/<layer>`)
+    and the accuracy per timestep (`timestep_accuracy/upto_t`: logits accumulated over 1..t;
+    `.../at_t`: timestep t alone), each with batch-norm in inference mode, to the logs; keeps a
+    `diagnostics` record of both batch-norm modes per epoch in `records` (for
+    `MetricsLogger`: Keras logs hold scalars); draws layer x timestep firing heat maps of both
+    into TensorBoard."""
 
     def __init__(self, images, labels, log_dir):
         super().__init__()
         self.data = (images, labels)
         self.writer = tf.summary.create_file_writer(log_dir)
         self.probe = None
+        self.records = {}  # epoch -> {"diagnostics": ...}
 
     def on_epoch_end(self, epoch, logs=None):
         if self.probe is None:
@@ -73,7 +75,8 @@ class TimestepMonitor(keras.callbacks.Callback):
             for t, (upto, at) in enumerate(zip(moving.accuracy_upto, moving.accuracy_at), 1):
                 logs[f"timestep_accuracy/upto_{t}"] = float(upto)
                 logs[f"timestep_accuracy/at_{t}"] = float(at)
-            logs["diagnostics"] = {mode: result.to_json() for mode, result in results.items()}
+        self.records[epoch + 1] = {
+            "diagnostics": {mode: result.to_json() for mode, result in results.items()}}
         with self.writer.as_default(step=epoch + 1):
             for mode, result in results.items():
                 png = plots.firing_heatmap(result.firing, f"spike rate, batch-norm {mode} "
@@ -86,9 +89,10 @@ class TimestepMonitor(keras.callbacks.Callback):
 class FisherMonitor(keras.callbacks.Callback):
     """Every `every` epochs, measures temporal Fisher information on a fixed training subset.
 
-    Adds `fisher/I_t` scalars, `fisher/centroid`, `fisher/time_s` and a `fisher` record (I_t,
-    IC, per-block values) to the logs, and draws two heat maps into TensorBoard: timestep x epoch (each
-    epoch's I_t normalised to sum 1) and block x timestep (each block normalised to its peak).
+    Adds `fisher/I_t` scalars, `fisher/centroid` and `fisher/time_s` to the logs, keeps a
+    `fisher` record (I_t, IC, per-block values) per epoch in `records` (for `MetricsLogger`),
+    and draws two heat maps into TensorBoard: timestep x epoch (each epoch's I_t normalised to
+    sum 1) and block x timestep (each block normalised to its peak).
     verbose: also print one line per measurement (I_t, centroid, seconds taken).
     """
 
@@ -100,6 +104,7 @@ class FisherMonitor(keras.callbacks.Callback):
         self.verbose = verbose
         self.writer = tf.summary.create_file_writer(log_dir)
         self.history = {}
+        self.records = {}  # epoch -> {"fisher": ...}
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
@@ -107,16 +112,19 @@ class FisherMonitor(keras.callbacks.Callback):
         started = time.perf_counter()
         result = temporal_fisher(self.model, self.data, len(self.data[0]), per_layer=True,
                                  batch_size=self.batch_size)
-        logs["fisher/time_s"] = time.perf_counter() - started
-        logs.update({f"fisher/I_{t}": float(v) for t, v in enumerate(result.values, start=1)})
-        logs["fisher/centroid"] = result.centroid
-        logs["fisher"] = result.to_json()
+        seconds = time.perf_counter() - started
+        if logs is not None:
+            logs["fisher/time_s"] = seconds
+            logs.update({f"fisher/I_{t}": float(v) for t, v in enumerate(result.values, 1)})
+            logs["fisher/centroid"] = result.centroid
+        self.records[epoch + 1] = {"fisher": result.to_json()}
         if self.verbose:
             values = ", ".join(f"{v:.3g}" for v in result.values)
             print(f"Fisher information I_1..I_{len(result.values)} = [{values}], centroid "
-                  f"{result.centroid:.2f} ({logs['fisher/time_s']:.0f} s, "
-                  f"{len(self.data[0])} images)", flush=True)
-        self.history[epoch + 1] = result.values / result.values.sum()
+                  f"{result.centroid:.2f} ({seconds:.0f} s, {len(self.data[0])} images)",
+                  flush=True)
+        total = result.values.sum()  # zero for a network that carries no information yet
+        self.history[epoch + 1] = result.values / total if total > 0 else result.values
         epochs = sorted(self.history)
         steps = range(1, len(result.values) + 1)
         over_epochs = plots.heatmap(np.stack([self.history[e] for e in epochs], axis=1),
@@ -133,17 +141,19 @@ class FisherMonitor(keras.callbacks.Callback):
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Writes every epoch's logs to `metrics.jsonl`, and its scalars to TensorBoard.
+    """Writes every epoch's logs, and the structured records of `sources` (monitors with a
+    `records` dict keyed by epoch), to `metrics.jsonl`, and the scalars to TensorBoard.
 
     Put it after the callbacks that add to the logs. On a resumed run, records past the
     resumed epoch (from the killed attempt) are dropped.
     """
 
-    def __init__(self, run_dir, start_epoch):
+    def __init__(self, run_dir, start_epoch, sources=()):
         super().__init__()
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
         self.start_epoch = start_epoch
+        self.sources = list(sources)
 
     def on_train_begin(self, logs=None):
         kept = [record for record in read_metrics(self.path)
@@ -156,8 +166,9 @@ class MetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1,
                   "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
-        for key, value in (logs or {}).items():
-            record[key] = value if isinstance(value, (dict, list)) else float(value)
+        record.update({key: float(value) for key, value in (logs or {}).items()})
+        for source in self.sources:
+            record.update(source.records.pop(epoch + 1, {}))
         record["epoch_time_s"] = time.perf_counter() - self.epoch_start
         self.start_epoch = epoch + 1  # a later fit() in this run keeps this record
         with open(self.path, "a") as handle:

@@ -55,13 +55,16 @@ def sample_model_labels(logits_per_timestep, noise):
 
 
 def information_centroid(values):
-    """Eq. 7: IC = sum_t t * I_t / sum_t I_t, with t counted from 1."""
+    """Eq. 7: IC = sum_t t * I_t / sum_t I_t, with t counted from 1; NaN (undefined) when every
+    I_t is zero, as for a network that carries no information yet."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError("information_centroid needs a 1-D sequence of I_t values.")
+    if values.min() < 0:
+        raise ValueError("information_centroid needs non-negative I_t values.")
     total = values.sum()
-    if not total > 0:
-        raise ValueError("information_centroid needs a positive total Fisher information.")
+    if total == 0:
+        return float("nan")
     return float(np.sum(np.arange(1, len(values) + 1) * values) / total)
 
 

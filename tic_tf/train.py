@@ -206,19 +206,20 @@ def make_callbacks(arrays, run_dir, model_config, first_step, start_epoch, verbo
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks.append(StopOnNonFiniteLoss())
-    callbacks.append(TimestepMonitor(to_unit_range(arrays.x_test[:DIAGNOSTIC_IMAGES]),
-                                     arrays.y_test[:DIAGNOSTIC_IMAGES],
-                                     os.path.join(run_dir, "tensorboard")))
+    monitors = [TimestepMonitor(to_unit_range(arrays.x_test[:DIAGNOSTIC_IMAGES]),
+                                arrays.y_test[:DIAGNOSTIC_IMAGES],
+                                os.path.join(run_dir, "tensorboard"))]
     if FLAGS.fisher_every:
         count = min(FLAGS.fisher_samples, len(arrays.x_train))
-        callbacks.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),
-                                       arrays.y_train[:count], FLAGS.fisher_every,
-                                       os.path.join(run_dir, "tensorboard"),
-                                       verbose=bool(verbose)))
+        monitors.append(FisherMonitor(to_unit_range(arrays.x_train[:count]),
+                                      arrays.y_train[:count], FLAGS.fisher_every,
+                                      os.path.join(run_dir, "tensorboard"),
+                                      verbose=bool(verbose)))
+    callbacks += monitors
     callbacks.append(EpochCheckpoint(checkpoint_dir, model_config, keep))
     if preemptible:
         callbacks.append(PreemptionCheckpoint(checkpoint_dir, model_config, first_step))
-    callbacks.append(MetricsLogger(run_dir, start_epoch))
+    callbacks.append(MetricsLogger(run_dir, start_epoch, sources=monitors))
     return callbacks
 
 
