@@ -5,6 +5,10 @@ import os
 import pytest
 
 from conftest import assert_fails_cleanly, run_tool, write_npz
+from tic_tf import checkpoints
+from tic_tf.data import get_spec, load_arrays, to_unit_range
+from tic_tf.fisher import information_centroid, temporal_fisher
+from tic_tf.windows import window_accuracies
 
 
 def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
@@ -19,22 +23,24 @@ def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
                                        "windows.json"]
     fisher = json.loads((out / "fisher.json").read_text())
     assert [row["epoch"] for row in fisher["checkpoints"]] == [1, 2]
+    arrays = load_arrays(get_spec("cifar10"), data_file=str(npz))
     for row in fisher["checkpoints"]:
-        assert len(row["fisher"]) == 2 and 1 <= row["centroid"] <= 2
+        model = checkpoints.load_model(row["checkpoint"])[0]
+        expected = temporal_fisher(model, (arrays.x_train, arrays.y_train), 8, batch_size=4)
+        assert row["fisher"] == pytest.approx(expected.values.tolist(), rel=1e-4)
+        assert row["centroid"] == pytest.approx(information_centroid(row["fisher"]))
         total = sum(sum(v) for v in row["per_layer"].values())
         assert total == pytest.approx(sum(row["fisher"]), rel=1e-4)  # blocks partition theta
     windows = json.loads((out / "windows.json").read_text())["checkpoints"][-1]
-    assert windows["starts"] == [1, 2] and len(windows["accuracy"]) == 2
-    assert windows["relative_to_last"] is None or windows["relative_to_last"][-1] == 1.0
+    expected = window_accuracies(model, to_unit_range(arrays.x_test[:16]), arrays.y_test[:16],
+                                 1, 0.5, 0, 4)
+    assert windows["starts"] == expected["starts"] == [1, 2]
+    assert windows["accuracy"] == pytest.approx(expected["accuracy"])
     assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in os.listdir(out)
                if name.endswith(".png"))
 
 
 def test_fisher_with_batch_statistics_is_the_library_measurement(trained_run, tmp_path):
-    from tic_tf import checkpoints
-    from tic_tf.data import get_spec, load_arrays
-    from tic_tf.fisher import temporal_fisher
-
     npz, run_dir, _ = trained_run
     out = tmp_path / "analysis"
     last = checkpoints.list_epochs(str(run_dir / "checkpoints"))[-1][1]

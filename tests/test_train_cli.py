@@ -36,7 +36,9 @@ def test_run_directory_holds_every_output(trained_run):
         assert all(np.isfinite(r[key]) for r in records), key
     assert records[1]["learning_rate"] < records[0]["learning_rate"]  # cosine schedule
     fisher = records[0]["fisher"]  # --fisher_every=1 monitoring
-    assert len(fisher["fisher"]) == 2 and 1 <= fisher["centroid"] <= 2
+    assert len(fisher["fisher"]) == 2
+    assert fisher["centroid"] == pytest.approx(  # Eq. 7 of the recorded I_t
+        (fisher["fisher"][0] + 2 * fisher["fisher"][1]) / sum(fisher["fisher"]))
     assert records[0]["fisher/centroid"] == fisher["centroid"]
     assert "stage1_block1" in fisher["per_layer"]
     flags_json = json.loads(open(run_dir / "flags.json").read())
