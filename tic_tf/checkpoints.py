@@ -14,7 +14,8 @@ import sys
 
 import tensorflow as tf
 
-from tic_tf.atomic import partial_path, publish_dir, remove_partials, write_json
+from tic_tf.atomic import (RETIRED, partial_path, publish_dir, remove_partials, restore_retired,
+                           write_json)
 from tic_tf.errors import UserError
 from tic_tf.models import build_model, with_timesteps
 
@@ -51,6 +52,9 @@ def list_epochs(directory):
     """Complete checkpoints in `directory` as a sorted list of (epoch, path)."""
     if not os.path.isdir(directory):
         return []
+    for name in os.listdir(directory):  # a checkpoint whose replacement was cut short
+        if name.endswith(RETIRED):
+            restore_retired(os.path.join(directory, name[:-len(RETIRED)]))
     found = [(int(m.group(1)), os.path.join(directory, name))
              for name in os.listdir(directory) if (m := _NAME.match(name))]
     return sorted(found)

@@ -264,7 +264,10 @@ class _ExactFisher:
         self.bn_statistics = bn_statistics
         self.substitutes = _batch_norm_substitutes(self.layers, bn_statistics)
         covered = sum(len(spec.layer.trainable_weights) for spec in self.layers)
-        assert covered == len(model.trainable_weights)
+        if covered != len(model.trainable_weights):  # e.g. weights inside a nested model
+            raise UserError("temporal_fisher found trainable weights outside the model's "
+                            "Conv2D, Dense and batch-norm layers; it supports models made by "
+                            "tic_tf.models.build_model.")
         self.model = model
         self.labels = labels
         self.steps = timesteps_of(model)
