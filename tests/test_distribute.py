@@ -143,6 +143,53 @@ def test_mirrored_strategy_on_two_replicas_trains_like_one_device(tmp_path):
     assert float(result.stdout.split()[-1]) < 2e-5
 
 
+ALPHA_LOSS_ON_TWO_REPLICAS = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tic_tf.losses import AlphaLoss, per_timestep_losses
+from tic_tf.models import build_model
+
+rng = np.random.default_rng(0)
+images = rng.random((16, 8, 8, 1), dtype=np.float32)
+labels = rng.integers(0, 10, 16).astype(np.int32)
+
+def model_in(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        return build_model("alexnet", 10, 2, (8, 8, 1), width=1 / 16)
+
+# alpha between the two replicas' shard losses L_1, on the far side from the global L_1: the
+# shards' own |L_1 - alpha| pull in opposite directions, the global one in one.
+losses = per_timestep_losses(model_in(tf.distribute.get_strategy())(images, training=True),
+                             labels).numpy()[:, 0]
+shards = losses[:8].mean(), losses[8:].mean()
+alpha = float(losses.mean() + 0.5 * (max(shards) - losses.mean()))
+
+def one_step(strategy):
+    model = model_in(strategy)
+    with strategy.scope():
+        model.compile(keras.optimizers.SGD(1.0), AlphaLoss(alpha))
+    model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), epochs=1,
+              verbose=0)
+    return model.get_weights()
+
+mirrored = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+one_device = one_step(tf.distribute.get_strategy())
+print(max(float(np.max(np.abs(a - b))) for a, b in zip(mirrored, one_device)))
+"""
+
+
+def test_alpha_loss_on_two_replicas_takes_the_global_batch_losses():
+    local = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run([sys.executable, "-c", ALPHA_LOSS_ON_TWO_REPLICAS], cwd=REPO,
+                            env=local, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) < 2e-5
+
+
 @pytest.mark.parametrize("extra, tf_config, message", [
     (["--strategy=multi_worker"], None, "needs the TF_CONFIG environment variable"),
     (["--strategy=multi_worker"], '{"cluster": ', "TF_CONFIG is not valid"),

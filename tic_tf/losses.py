@@ -51,9 +51,27 @@ def alpha_loss(logits_per_timestep, labels, alpha):
     """Eq. 9-10: (1/T) sum_t |L_t - alpha|, L_t the batch-mean cross-entropy of the logits
     accumulated over timesteps 1..t. Below alpha the gradient of a term flips sign (ascent),
     which keeps the Fisher information of every timestep small when alpha is small.
+    Under a multi-replica strategy L_t is the mean over the global batch, as on one device.
     """
-    per_t = tf.reduce_mean(per_timestep_losses(logits_per_timestep, labels), axis=0)
+    per_t = _global_batch_mean(per_timestep_losses(logits_per_timestep, labels))
     return tf.reduce_mean(tf.abs(per_t - alpha))
+
+
+def _global_batch_mean(values):
+    """The mean of `values` `[batch, ...]` over the global batch of a multi-replica step.
+
+    Its value is the global mean; its gradient is that of this replica's share of it (its own
+    samples' sum over the global count), so that the replicas' gradients, which Keras sums,
+    make the gradient of the global mean. (With |L_t - alpha| of each replica's shard instead,
+    replicas on either side of alpha would pull against each other.)
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.reduce_mean(values, axis=0)
+    local_sum = tf.reduce_sum(values, axis=0)
+    count = context.all_reduce("sum", tf.cast(tf.shape(values)[0], values.dtype))
+    share = local_sum / count
+    return share + tf.stop_gradient(context.all_reduce("sum", local_sum) / count - share)
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")
