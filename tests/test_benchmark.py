@@ -2,9 +2,10 @@
 import json
 
 import numpy as np
+import tensorflow as tf
 
 from conftest import run_tool
-from tic_tf.models import build_model, lif_layers, relu_twin
+from tic_tf.models import build_model, lif_layers, relu_twin, run_layers, with_timesteps
 
 
 def test_relu_twin_is_the_same_network_without_spikes_at_one_timestep():
@@ -13,7 +14,11 @@ def test_relu_twin_is_the_same_network_without_spikes_at_one_timestep():
     assert not lif_layers(dense)
     assert dense.count_params() == model.count_params()
     images = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
-    assert dense(images).shape == (3, 1, 10)
+    # The same graph at T=1 with every LIF layer replaced by a ReLU, run layer by layer.
+    one_step = with_timesteps(model, 1)
+    expected, _ = run_layers(one_step, images, substitute={
+        layer: tf.nn.relu for layer in lif_layers(one_step)})
+    np.testing.assert_allclose(dense(images).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_benchmark_writes_every_figure(tmp_path):

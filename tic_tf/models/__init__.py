@@ -123,7 +123,8 @@ def time_specific_twin(model, images):
 
 
 def relu_twin(model):
-    """`model` at one timestep with every LIF layer replaced by ReLU: the dense ceiling."""
+    """`model` at one timestep with every LIF layer replaced by ReLU, same weights: the dense
+    network a spiking one is measured against (the benchmark's speed ceiling)."""
     config = model.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "RepeatOverTime":
@@ -131,7 +132,9 @@ def relu_twin(model):
         elif layer["class_name"] == "LIF":
             layer.update(module="keras.layers", class_name="Activation", registered_name=None,
                          config={"name": layer["config"]["name"], "activation": "relu"})
-    return keras.Model.from_config(config)
+    twin = keras.Model.from_config(config)
+    twin.set_weights(model.get_weights())  # LIF layers have none, so the lists align
+    return twin
 
 
 def run_on_frames(model, frames):
