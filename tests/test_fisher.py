@@ -98,19 +98,28 @@ def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
                                    rtol=1e-4)
 
 
-def test_batch_mean_approximation_is_the_reference_formula(setup):
-    model, images, labels = setup
-    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3)
+def reference_batch_mean(model, images, labels, batch_size, training):
+    """The reference code's formula: per batch and t, the squared norm of the gradient of the
+    batch-mean L_t, with batch-norm in inference or training mode, summed over batches."""
     expected = np.zeros(STEPS)
-    for start in (0, 3):
+    for start in range(0, len(images), batch_size):
         for t in range(STEPS):
             with tf.GradientTape() as tape:
-                losses = per_timestep_losses(model(images[start:start + 3], training=False),
-                                             labels[start:start + 3])
+                losses = per_timestep_losses(
+                    model(images[start:start + batch_size], training=training),
+                    labels[start:start + batch_size])
                 loss = tf.reduce_mean(losses[:, t])
             expected[t] += sum(float(tf.reduce_sum(g ** 2))
                                for g in tape.gradient(loss, model.trainable_variables))
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    return expected
+
+
+def test_batch_mean_approximation_is_the_reference_formula(setup):
+    model, images, labels = setup
+    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3)
+    np.testing.assert_allclose(result.values,
+                               reference_batch_mean(model, images, labels, 3, training=False),
+                               rtol=1e-4)
 
 
 def batch_statistics_twin(model, images):
@@ -186,16 +195,9 @@ def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
     trained = keras.Model.from_config(model.get_config())  # training mode updates its copy
     trained.set_weights(model.get_weights())
-    expected = np.zeros(STEPS)
-    for start in (0, 3):
-        for t in range(STEPS):
-            with tf.GradientTape() as tape:
-                losses = per_timestep_losses(trained(images[start:start + 3], training=True),
-                                             labels[start:start + 3])
-                loss = tf.reduce_mean(losses[:, t])
-            expected[t] += sum(float(tf.reduce_sum(g ** 2))
-                               for g in tape.gradient(loss, trained.trainable_variables))
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    np.testing.assert_allclose(result.values,
+                               reference_batch_mean(trained, images, labels, 3, training=True),
+                               rtol=1e-4)
 
 
 def test_information_centroid_hand_cases():
