@@ -1,7 +1,6 @@
 """Temporal information analysis of one or many checkpoints of a run.
 
-    python -m tic_tf.analyze --checkpoints=runs/quick_cpu --output_dir=analysis/quick_cpu \
-        --dataset=cifar10 --data_file=../shared/data/cifar10_subset.npz
+    python -m tic_tf.analyze --checkpoints=runs/quick_cpu --output_dir=analysis/quick_cpu
 
 --checkpoints takes checkpoint directories (epoch-NNNN) and run directories (all their
 checkpoints). Writes, into --output_dir:
