@@ -33,6 +33,7 @@ setup(
             "tic-evaluate=tic_tf.evaluate:run",
             "tic-export=tic_tf.export:run",
             "tic-prune=tic_tf.prune:run",
+            "tic-benchmark=tic_tf.benchmark:run",
         ],
     },
 )

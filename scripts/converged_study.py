@@ -1,4 +1,4 @@
-"""The converged-regime study: where information sits in time once training has converged, per
+r"""The converged-regime study: where information sits in time once training has converged, per
 batch-norm mode, with both Fisher estimators and the early-timestep diagnostics.
 
     python scripts/converged_study.py --runs=RUN_DIR[,RUN_DIR...] --output_dir=OUT \
@@ -25,13 +25,13 @@ from tic_tf import checkpoints, plots
 from tic_tf.windows import window_accuracies
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import read_metrics
-from tic_tf.cli import define_data_flags
-from tic_tf.data import get_spec, load_arrays, to_unit_range
+from tic_tf import cli
+from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import BN_STATISTICS, time_specific_twin
 
-define_data_flags()
+cli.define_flags(DataConfig)
 flags.DEFINE_list("runs", None, "Run directories of tic_tf.train.")
 flags.DEFINE_string("output_dir", None, "Where study.json and the figures go.")
 flags.DEFINE_integer("fisher_samples", 256, "Training samples of each Fisher measurement.")
@@ -72,8 +72,7 @@ def measure(model, train, test):
 
 def main(argv):
     del argv
-    spec = get_spec(FLAGS.dataset)
-    arrays = load_arrays(spec, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.data_file)
+    arrays = cli.from_flags(DataConfig).load()
     train = (to_unit_range(arrays.x_train[:FLAGS.fisher_samples]),
              arrays.y_train[:FLAGS.fisher_samples])
     test = (to_unit_range(arrays.x_test[:FLAGS.eval_samples]), arrays.y_test[:FLAGS.eval_samples])

@@ -1,4 +1,4 @@
-"""Screenshots of a run's TensorBoard as a user sees it, taken in headless Chromium (by hand,
+r"""Screenshots of a run's TensorBoard as a user sees it, taken in headless Chromium (by hand,
 not in CI; needs a `chromium` binary, e.g. Debian's `apt-get install chromium`).
 
     python scripts/tensorboard_screenshot.py --logdir=runs/quick_cpu/tensorboard \

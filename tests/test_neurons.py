@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.losses import MeanLogitCrossEntropy
-from tic_tf.models import build_model, lif_layers
-from tic_tf.neurons import LIF, LIFCell, recompute_states, spike
+from tic_tf.models import build_model, lif_layers, with_surrogate
+from tic_tf.neurons import LIF, LIFCell, spike
 
 
 def hand_lif(currents, tau, threshold=1.0):
@@ -55,11 +55,11 @@ def test_surrogate_gradient_follows_arctan_formula():
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), expected, rtol=1e-6)
 
 
-def hand_gradient(currents, detach, tau=2.0, threshold=1.0):
+def hand_gradient(currents, detach, tau=2.0, threshold=1.0, sharpness=math.pi):
     """d(sum of spikes)/d(currents) of one neuron by reverse mode written out by hand: spikes
     H(m - threshold) with arctan surrogate derivative, reset m (1 - s) (s a constant when
     detached)."""
-    surrogate = lambda x: 1.0 / (1.0 + (math.pi * x) ** 2)  # noqa: E731
+    surrogate = lambda x: (sharpness / math.pi) / (1.0 + (sharpness * x) ** 2)  # noqa: E731
     decay, membranes, spikes, kept = 1 - 1 / tau, [], [], 0.0
     for current in currents:
         membrane = decay * kept + current / tau
@@ -96,49 +96,87 @@ def test_bad_tau_is_refused_with_reason():
 
 
 def test_lif_config_round_trip():
-    layer = LIF(tau=0.75, threshold=0.5, detach_reset=False, name="n")
+    layer = LIF(tau=0.75, threshold=0.5, detach_reset=False, surrogate_sharpness=2.0,
+                recompute=True, name="n")
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert (clone.cell.tau, clone.cell.threshold, clone.cell.detach_reset) == (0.75, 0.5, False)
+    assert (clone.cell.tau, clone.cell.threshold, clone.cell.detach_reset,
+            clone.cell.surrogate_sharpness, clone.recompute) == (0.75, 0.5, False, 2.0, True)
 
 
 def test_surrogate_sharpness_changes_only_the_backward_pass():
-    from tic_tf.neurons import surrogate_sharpness
-
     x = tf.constant([-0.5, 0.0, 0.25])
-    with surrogate_sharpness(2 * math.pi):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = spike(x)
-        sharp = tape.gradient(y, x).numpy()
-    np.testing.assert_array_equal(y.numpy(), [0, 1, 1])
-    np.testing.assert_allclose(sharp, 2.0 / (1.0 + (2 * math.pi * x.numpy()) ** 2), rtol=1e-6)
-    with tf.GradientTape() as tape:  # the default is restored after the block
+    with tf.GradientTape() as tape:
         tape.watch(x)
-        y = spike(x)
+        y = spike(x, 2 * math.pi)
+    np.testing.assert_array_equal(y.numpy(), [0, 1, 1])
     np.testing.assert_allclose(tape.gradient(y, x).numpy(),
-                               1.0 / (1.0 + (math.pi * x.numpy()) ** 2), rtol=1e-6)
+                               2.0 / (1.0 + (2 * math.pi * x.numpy()) ** 2), rtol=1e-6)
+
+
+def test_layer_surrogate_sharpness_matches_a_hand_derivation():
+    currents = [2.2, 1.0, 0.7, 2.4]
+    inputs = tf.constant([currents])[..., None]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        total = tf.reduce_sum(LIF(surrogate_sharpness=1.5)(inputs))
+    np.testing.assert_allclose(tape.gradient(total, inputs).numpy()[0, :, 0],
+                               hand_gradient(currents, True, sharpness=1.5), rtol=1e-5)
+
+
+def test_cell_runs_inside_keras_rnn_as_the_lif_layer_does():
+    currents = np.random.default_rng(0).random((3, 6, 8)).astype(np.float32) * 3
+    cell = LIFCell(8, tau=0.75, detach_reset=False)
+    assert (cell.state_size, cell.output_size) == (8, 8)
+    assert cell.get_initial_state(batch_size=5)[0].shape == (5, 8)
+    via_rnn = keras.layers.RNN(cell, return_sequences=True)(currents)
+    np.testing.assert_array_equal(via_rnn, LIF(tau=0.75, detach_reset=False)(currents))
+    per_neuron = [hand_lif(currents[0, :, k], 0.75)[0] for k in range(8)]
+    np.testing.assert_array_equal(via_rnn[0].numpy().T, per_neuron)
+
+
+def test_model_copied_with_another_surrogate_has_that_surrogates_gradients():
+    keras.utils.set_random_seed(0)
+    trained = build_model("alexnet", 10, 2, (8, 8, 1), width=0.25)
+    direct = build_model("alexnet", 10, 2, (8, 8, 1), width=0.25, surrogate_sharpness=1.0)
+    direct.set_weights(trained.get_weights())
+    copy = with_surrogate(trained, 1.0)
+    images = tf.random.uniform((4, 8, 8, 1), seed=2)
+
+    def input_gradient(model):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            total = tf.reduce_sum(model(images, training=False))
+        return tape.gradient(total, images).numpy()
+
+    np.testing.assert_array_equal(input_gradient(copy), input_gradient(direct))
+    np.testing.assert_array_equal(copy(images), trained(images))  # forward pass unchanged
+    assert [layer.cell.surrogate_sharpness for layer in lif_layers(trained)] == [math.pi] * len(
+        lif_layers(trained))
 
 
 def test_recomputed_states_give_the_stored_states_values():
     keras.utils.set_random_seed(0)
-    model = build_model("resnet19", 10, 3, (32, 32, 3), width=0.0625)
+    stored = build_model("resnet19", 10, 3, (32, 32, 3), width=0.0625)
+    recomputed = build_model("resnet19", 10, 3, (32, 32, 3), width=0.0625, recompute=True)
+    recomputed.set_weights(stored.get_weights())
     images = tf.random.uniform((4, 32, 32, 3), seed=1)
     labels = tf.constant([0, 1, 2, 3])
-    probe = keras.Model(model.input, [layer.output for layer in lif_layers(model)])
 
-    @tf.function
-    def spikes_logits_gradients():
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = MeanLogitCrossEntropy()(labels, logits)
-        return probe(images, training=True), logits, tape.gradient(
-            loss, model.trainable_variables)
+    def spikes_logits_gradients(model):
+        probe = keras.Model(model.input, [layer.output for layer in lif_layers(model)])
 
-    plain = spikes_logits_gradients()
-    with recompute_states():
-        fast = tf.function(spikes_logits_gradients.python_function)()
-    plain_spikes, plain_logits, plain_grads = plain
-    fast_spikes, fast_logits, fast_grads = fast
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = MeanLogitCrossEntropy()(labels, logits)
+            return probe(images, training=True), logits, tape.gradient(
+                loss, model.trainable_variables)
+        return run()
+
+    plain_spikes, plain_logits, plain_grads = spikes_logits_gradients(stored)
+    fast_spikes, fast_logits, fast_grads = spikes_logits_gradients(recomputed)
+    assert all(layer.recompute for layer in lif_layers(recomputed))
     assert sum(float(tf.reduce_sum(s)) for s in plain_spikes) > 0  # the network does spike
     for a, b in zip(plain_spikes, fast_spikes):
         np.testing.assert_array_equal(a, b)

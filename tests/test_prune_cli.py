@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_fails_cleanly, prune_args, run_tool
 from tic_tf import checkpoints
-from tic_tf.pruning import auto_timesteps
+from tic_tf.iterative_pruning import auto_timesteps
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ normalisation inside the model. Beyond the paper:
   (1-based); the other timesteps see the clean image.
 - `surrogate=a` takes the attack's gradient through the arctan surrogate of sharpness a
   instead of the trained one (pi), to tell real robustness from vanishing surrogate
-  gradients (gradient obfuscation).
+  gradients (gradient obfuscation): the attack runs on a copy of the model with that
+  surrogate (`with_surrogate`), whose weights are refreshed from the model at every call.
 """
 import numpy as np
 import tensorflow as tf
@@ -15,16 +16,15 @@ from tic_tf.compiled import cached
 from tic_tf.corruptions import check_window, windowed_frames
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
-from tic_tf.models import run_on_frames, timesteps_of
-from tic_tf.neurons import DEFAULT_SHARPNESS, surrogate_sharpness
+from tic_tf.models import run_on_frames, surrogate_of, timesteps_of, with_surrogate
 
 
 def attacked_logits(model, adversarial, clean, window=None):
     """Per-timestep logits when `adversarial` replaces `clean` during `window` (or always)."""
     if window is None:
         return model(adversarial, training=False)
-    steps = timesteps_of(model)
-    return run_on_frames(model, windowed_frames(clean, adversarial, steps, *window))
+    timesteps = timesteps_of(model)
+    return run_on_frames(model, windowed_frames(clean, adversarial, timesteps, *window))
 
 
 def loss_gradient(model, window=None):
@@ -66,27 +66,38 @@ def _validate(model, eps, step_size, iterations, window):
         check_window(window[0], window[1], timesteps_of(model))
 
 
+def attack_model(model, surrogate):
+    """`model` itself, or its copy back-propagating through surrogate sharpness `surrogate`
+    with the model's current weights."""
+    if surrogate is None or float(surrogate) == surrogate_of(model):
+        return model
+    copy = cached(model, ("surrogate", float(surrogate)),
+                  lambda: with_surrogate(model, surrogate))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
-        random_start=False, seed=0, window=None, surrogate=DEFAULT_SHARPNESS, jit_compile=True):
+        random_start=False, seed=0, window=None, surrogate=None, jit_compile=True):
     """Projected gradient descent (l-infinity) on images in [0, 1]; returns adversarial images.
 
     window: optional (start, width), 1-based, restricting the perturbation to those timesteps
-    (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness.
+    (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness
+    (default: the model's own).
     """
     _validate(model, eps, step_size, iterations, window)
     window = None if window is None else (int(window[0]), int(window[1]))
-    key = ("pgd", window, int(iterations), bool(random_start), float(surrogate), jit_compile)
-    program = cached(model, key, lambda: tf.function(
-        _pgd_program(model, window, int(iterations), random_start), jit_compile=jit_compile))
+    target = attack_model(model, surrogate)
+    key = ("pgd", window, int(iterations), bool(random_start), jit_compile)
+    program = cached(target, key, lambda: tf.function(
+        _pgd_program(target, window, int(iterations), random_start), jit_compile=jit_compile))
     images = tf.convert_to_tensor(np.asarray(images, np.float32))
-    with surrogate_sharpness(surrogate):  # read when the program is traced
-        return program(images, tf.convert_to_tensor(np.asarray(labels, np.int32)),
-                       tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32),
-                       tf.constant([seed, 0], tf.int64))
+    return program(images, tf.convert_to_tensor(np.asarray(labels, np.int32)),
+                   tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32),
+                   tf.constant([seed, 0], tf.int64))
 
 
-def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=DEFAULT_SHARPNESS,
-         jit_compile=True):
+def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=None, jit_compile=True):
     """Fast gradient sign method: one step of size eps from the clean image."""
     return pgd(model, images, labels, eps=eps, step_size=eps, iterations=1, window=window,
                surrogate=surrogate, jit_compile=jit_compile)

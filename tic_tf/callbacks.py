@@ -126,13 +126,13 @@ class FisherMonitor(keras.callbacks.Callback):
         total = result.values.sum()  # zero for a network that carries no information yet
         self.history[epoch + 1] = result.values / total if total > 0 else result.values
         epochs = sorted(self.history)
-        steps = range(1, len(result.values) + 1)
+        timesteps = range(1, len(result.values) + 1)
         over_epochs = plots.heatmap(np.stack([self.history[e] for e in epochs], axis=1),
-                                    list(steps), epochs, title="I_t / sum I_t",
+                                    list(timesteps), epochs, title="I_t / sum I_t",
                                     xlabel="epoch", ylabel="timestep")
         blocks = np.stack(list(result.per_layer.values()))
         by_block = plots.heatmap(blocks / np.maximum(blocks.max(axis=1, keepdims=True), 1e-30),
-                                 list(result.per_layer), list(steps), xlabel="timestep",
+                                 list(result.per_layer), list(timesteps), xlabel="timestep",
                                  title=f"Fisher per block, epoch {epoch + 1}")
         with self.writer.as_default(step=epoch + 1):
             for name, png in (("timestep_x_epoch", over_epochs), ("block_x_timestep", by_block)):

@@ -1,9 +1,10 @@
 """Per-epoch checkpoints that describe themselves, written atomically.
 
 A checkpoint is a directory `epoch-NNNN/` holding the TensorFlow checkpoint of the model (and
-optimizer, for resuming) and `model.json`, the arguments of `build_model`. It is written under
-a temporary name and renamed into place, so a killed run never leaves a partial checkpoint
-under a real name.
+optimizer, for resuming) and `model.json`, the arguments of `build_model` (and "pruned": true
+for a model from `pruning.prune_low_magnitude`, whose masks the checkpoint holds). It is
+written under a temporary name and renamed into place, so a killed run never leaves a partial
+checkpoint under a real name.
 """
 import hashlib
 import json
@@ -18,6 +19,7 @@ from tic_tf.atomic import (RETIRED, partial_path, publish_dir, remove_partials, 
                            write_json)
 from tic_tf.errors import UserError
 from tic_tf.models import build_model, with_timesteps
+from tic_tf.pruning import prune_low_magnitude
 
 _NAME = re.compile(r"^epoch-(\d{4,})$")
 MODEL_JSON = "model.json"
@@ -131,7 +133,8 @@ def restore(path, model, optimizer=None, extra=None):
         status.assert_existing_objects_matched()
         if optimizer is None:
             status.expect_partial()
-    except Exception as error:  # a damaged file fails in many ways (IndexError, DataLoss...)
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
+        # a damaged or foreign file: DataLoss or NotFound, unmatched objects, wrong shapes
         raise UserError(f"Cannot restore checkpoint {path} into this model: "
                         f"{str(error).splitlines()[0]}") from error
 
@@ -141,7 +144,7 @@ def load_model(path, timesteps=None):
     path = resolve(path)
     config = read_model_config(path)
     try:
-        model = build_model(**config)
+        model = model_from_config(config)
     except (TypeError, ValueError) as error:
         raise UserError(f"{path}/{MODEL_JSON} does not describe a model: {error}") from error
     restore(path, model)
@@ -149,6 +152,12 @@ def load_model(path, timesteps=None):
         model = with_timesteps(model, timesteps)
         config = {**config, "timesteps": int(timesteps)}
     return model, config
+
+
+def model_from_config(config):
+    """The (untrained) model a checkpoint's model.json describes."""
+    model = build_model(**{name: value for name, value in config.items() if name != "pruned"})
+    return prune_low_magnitude(model) if config.get("pruned") else model
 
 
 def fingerprint(model):

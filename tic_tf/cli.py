@@ -1,15 +1,34 @@
-"""What every command-line tool shares: error reporting and the flags common to several tools."""
+"""What every command shares: flags from a config, error reporting, quiet start-up.
+
+A command is `cli.run(Config, function)`: it defines one flag per field of `Config`, parses
+the command line into a `Config` and calls `function(config)`.
+"""
+import dataclasses
+import os
 import sys
 
-from absl import app, flags, logging
+# TensorFlow's C++ start-up chatter (CPU features) buries the tools' own output; set before
+# TensorFlow is first imported, and only by the commands (the library leaves logging alone).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tic_tf.errors import UserError
+from absl import app, flags, logging  # noqa: E402  (after the environment is set)
+
+from tic_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
-def run(main, argv=None):
-    """`absl.app.run(main)`, turning a UserError into one line on stderr and exit status 2."""
+def run(config_class, function, required=(), aliases=None, argv=None):
+    """Parse the command line into `config_class` and call `function(config)`.
+
+    `required` names flags without a default that must be given; `aliases` maps old flag
+    names to the current ones so that documented command lines keep working. A UserError
+    becomes one line on stderr and exit status 2.
+    """
+    define_flags(config_class)
+    for old, new in (aliases or {}).items():
+        flags.DEFINE_alias(old, new)
+    flags.mark_flags_as_required(list(required))
 
     def guarded(argv):
         if not FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the tool's output
@@ -17,30 +36,56 @@ def run(main, argv=None):
         if len(argv) > 1:
             _fail(f"unexpected arguments {argv[1:]}; pass options as --name=value")
         try:
-            return main(argv)
+            function(from_flags(config_class))
         except UserError as error:
             _fail(str(error))
 
     app.run(guarded, argv=argv)
 
 
+def _leaf_fields(config_class):
+    """The fields of `config_class`, those of nested configs in their place."""
+    for field in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(field.type):
+            yield from _leaf_fields(field.type)
+        else:
+            yield field
+
+
+def define_flags(config_class, module_name=None):
+    """One absl flag per field of `config_class` (and of the configs nested in it), listed by
+    `--help` as flags of `module_name` (default: the program being run)."""
+    module_name = module_name or sys.argv[0]
+    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+                bool: flags.DEFINE_boolean, list: flags.DEFINE_list}
+    for field in _leaf_fields(config_class):
+        meta = field.metadata
+        default = list(field.default) if meta["kind"] is list else field.default
+        if meta["choices"] is not None and meta["kind"] is str:
+            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"],
+                              module_name=module_name)
+        else:
+            definers[meta["kind"]](field.name, default, meta["help"], module_name=module_name)
+
+
+def from_flags(config_class):
+    """`config_class` built from the parsed flags (after `define_flags(config_class)`)."""
+    values = {}
+    for field in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(field.type):
+            values[field.name] = from_flags(field.type)
+            continue
+        value = FLAGS[field.name].value
+        parse = field.metadata["parse"]
+        if parse is not None:
+            value = parse(value)
+        elif field.metadata["kind"] is list:
+            value = tuple(value)
+        values[field.name] = value
+    return config_class(**values)
+
+
 def _fail(message):
     logging.flush()
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def define_data_flags():
-    """--dataset, --data_dir, --manual_dir, --data_file (defined once per process)."""
-    if "dataset" in FLAGS:
-        return
-    from tic_tf.data import DATASETS
-
-    flags.DEFINE_enum("dataset", "digits", sorted(DATASETS), "Dataset; it also sets the "
-                      "normalisation statistics, number of classes and augmentation. digits "
-                      "ships with scikit-learn; the others come from TFDS or --data_file.")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
-    flags.DEFINE_string("manual_dir", None, "Folder holding the dataset's original archives, "
-                        "for preparing TFDS offline (TFDS manual_dir).")
-    flags.DEFINE_string("data_file", None, "An .npz with x_train, y_train, x_test, y_test "
-                        "(uint8 images [N,H,W,C], integer labels) used instead of TFDS.")

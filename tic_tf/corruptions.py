@@ -41,19 +41,21 @@ def blur_size(image_shape, size=None):
     return size
 
 
-def check_window(start, window, steps):
+def check_window(start, window, timesteps):
     """A window of timesteps [start, start + window - 1], counted from 1, must lie in [1, T]."""
-    if window < 1 or start < 1 or start + window - 1 > steps:
+    if window < 1 or start < 1 or start + window - 1 > timesteps:
         raise UserError(f"timestep window [{start}, {start + window - 1}] lies outside "
-                        f"[1, {steps}]; choose start >= 1, window >= 1, start + window - 1 <= T.")
+                        f"[1, {timesteps}]; choose start >= 1, window >= 1, "
+                        "start + window - 1 <= T.")
 
 
-def windowed_frames(clean, corrupted, steps, start, window):
-    """Frames `[batch, T, ...]`: `corrupted` during timesteps [start, start+window-1], else clean."""
-    check_window(start, window, steps)
+def windowed_frames(clean, corrupted, timesteps, start, window):
+    """Frames `[batch, T, ...]`: `corrupted` during timesteps [start, start+window-1], else
+    clean."""
+    check_window(start, window, timesteps)
     clean = tf.convert_to_tensor(clean, tf.float32)
     corrupted = tf.convert_to_tensor(corrupted, tf.float32)
-    inside = tf.reshape(tf.cast((tf.range(1, steps + 1) >= start)
-                                & (tf.range(1, steps + 1) < start + window), clean.dtype),
-                        [1, steps] + [1] * (clean.shape.rank - 1))
+    inside = tf.reshape(tf.cast((tf.range(1, timesteps + 1) >= start)
+                                & (tf.range(1, timesteps + 1) < start + window), clean.dtype),
+                        [1, timesteps] + [1] * (clean.shape.rank - 1))
     return clean[:, None] * (1 - inside) + corrupted[:, None] * inside

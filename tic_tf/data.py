@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.errors import UserError
+from tic_tf.options import check_choices, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,30 @@ class Arrays:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data set, and where its images come from."""
+    dataset: str = option("digits", "Dataset; it also sets the normalisation statistics, "
+                          "number of classes and augmentation. digits ships with scikit-learn; "
+                          "the others come from TFDS or --data_file.", choices=sorted(DATASETS))
+    data_dir: str = option(None, "TFDS data directory (default: TFDS's own).", kind=str)
+    manual_dir: str = option(None, "Folder holding the dataset's original archives, for "
+                             "preparing TFDS offline (TFDS manual_dir).", kind=str)
+    data_file: str = option(None, "An .npz with x_train, y_train, x_test, y_test (uint8 "
+                            "images [N,H,W,C], integer labels) used instead of TFDS.", kind=str)
+
+    def __post_init__(self):
+        check_choices(self)
+
+    @property
+    def spec(self):
+        return get_spec(self.dataset)
+
+    def load(self):
+        """The data set's train and test arrays."""
+        return load_arrays(self.spec, self.data_dir, self.manual_dir, self.data_file)
 
 
 def get_spec(name):

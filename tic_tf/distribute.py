@@ -7,30 +7,32 @@ synchronised across replicas: see `tic_tf.models.blocks`). Every worker of a mul
 runs the same command; only the chief writes into the run's directories (`output_dir`).
 """
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 
 import tensorflow as tf
-from absl import flags
-
 from tic_tf import multi_worker
 from tic_tf.errors import UserError
+from tic_tf.options import check_choices, option
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-FLAGS = flags.FLAGS
 
 
-def define_flags():
-    """--strategy and --tpu (defined once per process)."""
-    if "strategy" in FLAGS:
-        return
-    flags.DEFINE_enum("strategy", "default", STRATEGIES, "default: one device; mirrored: all "
-                      "GPUs of this host; multi_worker: MultiWorkerMirroredStrategy over the "
-                      "hosts in TF_CONFIG (run the same command on each); tpu: TPUStrategy.")
-    flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu ('' finds "
-                        "the local TPU or the one set up by the environment).")
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """Which tf.distribute strategy a training runs under."""
+    strategy: str = option("default", "default: one device; mirrored: all GPUs of this host; "
+                           "multi_worker: MultiWorkerMirroredStrategy over the hosts in "
+                           "TF_CONFIG (run the same command on each); tpu: TPUStrategy.",
+                           choices=STRATEGIES)
+    tpu: str = option("", "TPU name or grpc:// address for --strategy=tpu ('' finds the local "
+                      "TPU or the one set up by the environment).")
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 def make_strategy(name, tpu=""):

@@ -37,9 +37,9 @@ METHODS = ("exact", "batch_mean")
 _BLOCK = re.compile(r"^(stage\d+_block\d+|features\d+|fc\d+|stem|classifier)")
 
 
-def gumbel_noise(batch, steps, classes, seed):
+def gumbel_noise(batch, timesteps, classes, seed):
     """Noise for `sample_model_labels`, drawn eagerly: XLA's stateless RNG gives other draws."""
-    uniform = tf.random.stateless_uniform([batch, steps, classes], seed, minval=1e-20,
+    uniform = tf.random.stateless_uniform([batch, timesteps, classes], seed, minval=1e-20,
                                           maxval=1.0)
     return -tf.math.log(-tf.math.log(uniform))
 
@@ -212,18 +212,18 @@ def _is_time_major(node):
     return isinstance(node, (TimeFolded, TemporalBatchNorm))
 
 
-def _sq_norm_of_sums(layer, terms, steps):
+def _sq_norm_of_sums(layer, terms, timesteps):
     """sum_n ||g_n||^2 where g_n, a sample's gradient of the batch-norm's offset (terms: output
     gradients) or scale (terms: those times the standardised input), sums `terms`
-    `[n, positions, C]` over the positions (time-major, `steps` timesteps) each parameter
+    `[n, positions, C]` over the positions (time-major, `timesteps` timesteps) each parameter
     acts on: all of them, or for "bntt" those of its own timestep (the last one's parameters
     also act on every timestep beyond those kept)."""
     if layer.mode != "bntt":
         return tf.reduce_sum(tf.square(tf.reduce_sum(terms, 1)))
-    per_step = tf.reduce_sum(tf.reshape(terms, [-1, steps, terms.shape[1] // steps,
+    per_step = tf.reduce_sum(tf.reshape(terms, [-1, timesteps, terms.shape[1] // timesteps,
                                                 terms.shape[2]]), 2)
     kept = layer.timesteps
-    if steps > kept:
+    if timesteps > kept:
         per_step = tf.concat([per_step[:, :kept - 1],
                               tf.reduce_sum(per_step[:, kept - 1:], 1, keepdims=True)], 1)
     return tf.reduce_sum(tf.square(per_step))
@@ -240,9 +240,9 @@ def _layer_sq_norm(spec, features, delta, live_steps):
     layer = spec.layer
     rows = _sample_major(tf.cast(delta, tf.float32))
     if _is_time_major(spec.node):
-        steps = delta.shape[1]
-        rows = rows[:, :rows.shape[1] * live_steps // steps]
-        features = features[:, :features.shape[1] * live_steps // steps]
+        timesteps = delta.shape[1]
+        rows = rows[:, :rows.shape[1] * live_steps // timesteps]
+        features = features[:, :features.shape[1] * live_steps // timesteps]
     if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
         return (_sq_norm_of_sums(layer, rows, live_steps)
                 + _sq_norm_of_sums(layer, rows * features, live_steps))
@@ -270,7 +270,7 @@ class _ExactFisher:
                             "tic_tf.models.build_model.")
         self.model = model
         self.labels = labels
-        self.steps = timesteps_of(model)
+        self.timesteps = timesteps_of(model)
         self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
 
     def _batch_sums(self, images, labels, noise):
@@ -377,8 +377,8 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
         raise UserError(f"bn_statistics must be one of {BN_STATISTICS}, got {bn_statistics!r}.")
     if int(num_samples) < 1 or int(batch_size) < 1:
         raise UserError("num_samples and batch_size must be positive.")
-    steps = timesteps_of(model)
-    if steps < 2:
+    timesteps = timesteps_of(model)
+    if timesteps < 2:
         raise UserError("Temporal Fisher information needs a model with at least 2 timesteps; "
                         "this one has 1 (rebuild it with with_timesteps(model, T)).")
     images, targets = _take_samples(data, int(num_samples))
@@ -397,10 +397,10 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
                             method, bn_statistics)
 
     exact = _estimator(model, method, labels, bn_statistics, jit_compile)
-    totals = np.zeros((len(exact.blocks), steps))
+    totals = np.zeros((len(exact.blocks), timesteps))
     for index, start in enumerate(range(0, len(images), batch_size)):
         batch = images[start:start + batch_size]
-        noise = (gumbel_noise(len(batch), steps, classes, tf.constant([seed, index], tf.int64))
+        noise = (gumbel_noise(len(batch), timesteps, classes, tf.constant([seed, index], tf.int64))
                  if labels == "model" else None)
         totals += exact.batch_sums(batch, targets[start:start + batch_size], noise).numpy()
     totals /= len(images)

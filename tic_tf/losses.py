@@ -5,8 +5,9 @@ import tensorflow as tf
 
 def accumulated_logits(logits_per_timestep):
     """Mean of the logits over timesteps 1..t, for every t: `[batch, T, classes]`."""
-    steps = tf.cast(tf.range(1, tf.shape(logits_per_timestep)[1] + 1), logits_per_timestep.dtype)
-    return tf.cumsum(logits_per_timestep, axis=1) / steps[None, :, None]
+    counts = tf.cast(tf.range(1, tf.shape(logits_per_timestep)[1] + 1),
+                     logits_per_timestep.dtype)
+    return tf.cumsum(logits_per_timestep, axis=1) / counts[None, :, None]
 
 
 def per_timestep_losses(logits_per_timestep, labels):
@@ -38,6 +39,7 @@ class MeanLogitCrossEntropy(keras.losses.Loss):
             y_true, mean_logits(y_pred), from_logits=True)
 
 
+@keras.saving.register_keras_serializable(package="tic_tf")
 def mean_logit_accuracy(y_true, y_pred):
     """Top-1 accuracy of the mean logits, per example."""
     return keras.metrics.sparse_categorical_accuracy(y_true, mean_logits(y_pred))
@@ -89,8 +91,25 @@ class AlphaLoss(keras.losses.Loss):
         return {**super().get_config(), "alpha": self.alpha}
 
 
+@keras.saving.register_keras_serializable(package="tic_tf")
+def timestep_loss(y_true, y_pred, timestep):
+    """L_t per example for one timestep (0-based) of the accumulated logits."""
+    return per_timestep_losses(y_pred, y_true)[:, timestep]
+
+
+@keras.saving.register_keras_serializable(package="tic_tf")
+class TimestepLoss(keras.metrics.MeanMetricWrapper):
+    """The mean L_t of timestep `timestep` (0-based) over an epoch, named loss_t<t+1>."""
+
+    def __init__(self, timestep, name=None, dtype=None):
+        super().__init__(timestep_loss, name=name or f"loss_t{timestep + 1}", dtype=dtype,
+                         timestep=timestep)
+        self.timestep = timestep
+
+    def get_config(self):
+        return {"timestep": self.timestep, "name": self.name, "dtype": self.dtype}
+
+
 def per_timestep_loss_metrics(timesteps):
     """Metrics `loss_t1..loss_tT`: the mean L_t over an epoch, for TensorBoard."""
-    return [keras.metrics.MeanMetricWrapper(
-        lambda y, p, t=t: per_timestep_losses(p, y)[:, t], name=f"loss_t{t + 1}")
-        for t in range(timesteps)]
+    return [TimestepLoss(t) for t in range(timesteps)]

@@ -1,5 +1,4 @@
 """Leaky integrate-and-fire neurons with an arctan surrogate gradient (PAPER.md Eq. 1)."""
-import contextlib
 import math
 
 import keras
@@ -7,17 +6,13 @@ import tensorflow as tf
 
 # Sharpness a of the surrogate arctan(a*x)/pi + 1/2; the paper's a = pi gives 1/(1+(pi*x)^2).
 DEFAULT_SHARPNESS = math.pi
-_sharpness = [DEFAULT_SHARPNESS]
 
 
-def spike(x):
-    """Heaviside step forward; derivative of arctan(a*x)/pi + 1/2 backward (a = pi).
+def spike(x, sharpness=DEFAULT_SHARPNESS):
+    """Heaviside step forward; derivative of arctan(a*x)/pi + 1/2 backward, a = `sharpness`.
 
-    The backward pass is (a/pi) / (1 + (a*x)^2); `surrogate_sharpness` changes a while
-    graphs are traced, e.g. to attack a model through another surrogate than it trained with.
+    The backward pass is (a/pi) / (1 + (a*x)^2): the paper's a = pi gives 1 / (1 + (pi x)^2).
     """
-    sharpness = _sharpness[-1]
-
     @tf.custom_gradient
     def heaviside(x):
         def grad(upstream):
@@ -28,70 +23,63 @@ def spike(x):
     return heaviside(x)
 
 
-@contextlib.contextmanager
-def surrogate_sharpness(sharpness):
-    """Within the block, spikes traced (or run eagerly) use surrogate sharpness `sharpness`."""
-    if not sharpness > 0:
-        raise ValueError(f"surrogate sharpness must be positive, got {sharpness}.")
-    _sharpness.append(float(sharpness))
-    try:
-        yield
-    finally:
-        _sharpness.pop()
-
-
-_recompute = [False]
-
-
-@contextlib.contextmanager
-def recompute_states(enabled=True):
-    """Within the block, LIF layers traced keep only their input for the backward pass and
-    recompute membranes and spikes there (gradient checkpointing): less memory for long T,
-    one more LIF forward pass per step, the same values."""
-    _recompute.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _recompute.pop()
-
-
-def _check_neuron_args(tau, threshold):
+def _check_neuron_args(tau, threshold, surrogate_sharpness=DEFAULT_SHARPNESS):
     # tau <= 0.5 makes the decay 1 - 1/tau fall below -1, so the membrane diverges.
     if not tau > 0.5:
         raise ValueError(f"tau must be > 0.5 (decay 1 - 1/tau must stay above -1), got {tau}.")
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}.")
+    if not surrogate_sharpness > 0:
+        raise ValueError(f"surrogate sharpness must be positive, got {surrogate_sharpness}.")
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIFCell(keras.layers.Layer):
-    """One timestep of a LIF neuron; the state is the membrane potential.
+    """One timestep of `units` LIF neurons, a Keras RNN cell: the state is the membrane.
 
     U[t] = (1 - 1/tau) U[t-1] + (1/tau) I[t]; O[t] = spike(U[t] - threshold);
     the membrane is reset to 0 where O[t] = 1 (reset detached from the gradient by default).
+    With `units` given it runs inside `keras.layers.RNN` on `[batch, time, units]`; the math
+    is elementwise, so `LIF` runs it on feature maps of any shape (units: their size).
     """
 
-    def __init__(self, tau=2.0, threshold=1.0, detach_reset=True, **kwargs):
+    def __init__(self, units=None, tau=2.0, threshold=1.0, detach_reset=True,
+                 surrogate_sharpness=DEFAULT_SHARPNESS, **kwargs):
         super().__init__(**kwargs)
-        _check_neuron_args(tau, threshold)
+        _check_neuron_args(tau, threshold, surrogate_sharpness)
+        self.units = None if units is None else int(units)
         self.tau = float(tau)
         self.threshold = float(threshold)
         self.detach_reset = bool(detach_reset)
+        self.surrogate_sharpness = float(surrogate_sharpness)
 
-    def get_initial_state(self, inputs):
-        """A zero membrane shaped like one timestep of input."""
-        return [tf.zeros_like(inputs)]
+    @property
+    def state_size(self):
+        return self.units
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def build(self, input_shape):
+        if self.units is None:
+            self.units = math.prod(input_shape[1:])
+
+    def get_initial_state(self, batch_size):
+        """A zero membrane for `batch_size` samples."""
+        return [tf.zeros((batch_size, self.units), self.compute_dtype)]
 
     def call(self, inputs, states):
         decay = 1.0 - 1.0 / self.tau
         membrane = decay * states[0] + inputs / self.tau
-        spikes = spike(membrane - self.threshold)
+        spikes = spike(membrane - self.threshold, self.surrogate_sharpness)
         reset = tf.stop_gradient(spikes) if self.detach_reset else spikes
         return spikes, [membrane * (1.0 - reset)]
 
     def get_config(self):
-        return {**super().get_config(), "tau": self.tau, "threshold": self.threshold,
-                "detach_reset": self.detach_reset}
+        return {**super().get_config(), "units": self.units, "tau": self.tau,
+                "threshold": self.threshold, "detach_reset": self.detach_reset,
+                "surrogate_sharpness": self.surrogate_sharpness}
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")
@@ -100,26 +88,32 @@ class LIF(keras.layers.Layer):
 
     It computes in float32 even under a mixed-precision policy: a bfloat16 membrane (8 bits
     of mantissa) would blur the threshold crossing and the surrogate gradient near it.
+    With `recompute`, it keeps only its input for the backward pass and recomputes membranes
+    and spikes there (gradient checkpointing): less memory for long T, one more LIF forward
+    pass per training step, the same values.
     """
 
-    def __init__(self, tau=2.0, threshold=1.0, detach_reset=True, **kwargs):
+    def __init__(self, tau=2.0, threshold=1.0, detach_reset=True,
+                 surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.cell = LIFCell(tau, threshold, detach_reset, name="cell", dtype=self.dtype_policy)
+        self.cell = LIFCell(None, tau, threshold, detach_reset, surrogate_sharpness,
+                            name="cell", dtype=self.dtype_policy)
+        self.recompute = bool(recompute)
 
     def build(self, input_shape):
         self.cell.build((input_shape[0], *input_shape[2:]))
 
     def call(self, inputs):
-        steps = inputs.shape[1]
-        if steps is None:
+        timesteps = inputs.shape[1]
+        if timesteps is None:
             raise ValueError("LIF needs a static number of timesteps (axis 1 of the input).")
-        return tf.recompute_grad(self._loop)(inputs) if _recompute[-1] else self._loop(inputs)
+        return tf.recompute_grad(self._loop)(inputs) if self.recompute else self._loop(inputs)
 
     def _loop(self, inputs):
-        # Only the membrane is carried between steps; the loop is unrolled at trace time.
+        # Only the membrane is carried between timesteps; the loop is unrolled at trace time.
         per_step = tf.unstack(inputs, axis=1)
-        state = self.cell.get_initial_state(per_step[0])
+        state = [tf.zeros_like(per_step[0])]  # the membrane, shaped like one step of input
         outputs = []
         for current in per_step:
             out, state = self.cell(current, state)
@@ -132,4 +126,5 @@ class LIF(keras.layers.Layer):
     def get_config(self):
         cell = self.cell
         return {**super().get_config(), "tau": cell.tau, "threshold": cell.threshold,
-                "detach_reset": cell.detach_reset}
+                "detach_reset": cell.detach_reset,
+                "surrogate_sharpness": cell.surrogate_sharpness, "recompute": self.recompute}

@@ -1,10 +1,27 @@
 """SavedModel export: a serving signature from images in [0, 1] to class probabilities."""
+import dataclasses
 import os
 
 import tensorflow as tf
 
+from tic_tf import checkpoints
 from tic_tf.atomic import partial_path, publish_dir
 from tic_tf.losses import mean_logits
+from tic_tf.options import check_positive, option, output_dir, require
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Which checkpoint to export, where, and at which T."""
+    checkpoint: str = option(None, "Checkpoint directory (epoch-NNNN) or run directory (its "
+                             "newest checkpoint is used).", kind=str)
+    output_dir: str = output_dir("the SavedModel's files")
+    timesteps: int = option(None, "Inference timesteps baked into the export; default: the "
+                            "timesteps the model was trained with.", kind=int)
+
+    def __post_init__(self):
+        require(self.checkpoint and self.output_dir, "checkpoint and output_dir are required.")
+        check_positive(self, "timesteps")
 
 
 class _Serving(tf.Module):
@@ -29,3 +46,12 @@ def export_saved_model(model, path):
     tf.saved_model.save(module, partial, signatures={"serving_default": module.serve})
     publish_dir(partial, path)
     return path
+
+
+def export_checkpoint(config):
+    """Export the checkpoint of `config` as a SavedModel; returns its directory."""
+    model, model_config = checkpoints.load_model(config.checkpoint, timesteps=config.timesteps)
+    export_saved_model(model, config.output_dir)
+    print(f"Exported {model_config['arch']} at T={model_config['timesteps']} to "
+          f"{config.output_dir}")
+    return config.output_dir

@@ -10,9 +10,9 @@ from tic_tf.models import run_on_frames, timesteps_of
 
 def window_accuracies(model, images, labels, window, noise, seed, batch_size):
     """Accuracy with noise during [t, t+window-1] for every t; relative to the last window."""
-    steps = timesteps_of(model)
-    check_window(1, window, steps)
-    starts = list(range(1, steps - window + 2))
+    timesteps = timesteps_of(model)
+    check_window(1, window, timesteps)
+    starts = list(range(1, timesteps - window + 2))
     predict = tf.function(lambda frames: tf.argmax(mean_logits(run_on_frames(model, frames)),
                                                    axis=-1, output_type=tf.int32))
     correct = np.zeros(len(starts))
@@ -20,7 +20,7 @@ def window_accuracies(model, images, labels, window, noise, seed, batch_size):
         clean = tf.constant(images[begin:begin + batch_size])
         noisy = gaussian_noise(clean, noise, seed=(seed, index))
         for slot, start in enumerate(starts):
-            frames = windowed_frames(clean, noisy, steps, start, window)
+            frames = windowed_frames(clean, noisy, timesteps, start, window)
             correct[slot] += int(tf.reduce_sum(tf.cast(
                 predict(frames) == labels[begin:begin + batch_size], tf.int32)))
     accuracy = correct / len(images)

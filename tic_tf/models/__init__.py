@@ -1,6 +1,4 @@
 """Spiking architectures and `build_model`, which maps images to per-timestep logits."""
-import copy
-
 import keras
 import tensorflow as tf
 
@@ -11,7 +9,7 @@ from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
 from tic_tf.models.plain import alexnet, vgg16
 from tic_tf.models.resnet import resnet19, resnet34
-from tic_tf.neurons import LIF, _check_neuron_args
+from tic_tf.neurons import DEFAULT_SHARPNESS, LIF, _check_neuron_args
 
 PRECISIONS = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -33,13 +31,15 @@ SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1), (8, 8, 1))
 
 
 def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
-                detach_reset=True, mean=None, std=None, batch_norm="per_timestep"):
+                detach_reset=True, mean=None, std=None, batch_norm="per_timestep",
+                surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
     """A `keras.Model` from images `[batch, H, W, C]` in [0, 1] to logits `[batch, T, classes]`.
 
     `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
     attacks, serving) all work in pixel space; left out, the images pass through unchanged.
     batch_norm: how batch-norm after the stem treats time, "per_timestep" (the reference
     code), "shared", "time_specific" or "bntt"; see `tic_tf.models.batch_norm`.
+    surrogate_sharpness and recompute go to every LIF layer (see `tic_tf.neurons.LIF`).
     The weights do not depend on `timesteps` (but for the per-timestep statistics, scale and
     offset of "time_specific" and "bntt", which `with_timesteps` keeps): see `with_timesteps`.
     """
@@ -55,7 +55,7 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
         raise ValueError(f"width must be positive, got {width}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-    _check_neuron_args(tau, threshold)
+    _check_neuron_args(tau, threshold, surrogate_sharpness)
     check_batch_norm_mode(batch_norm)
     channels = input_shape[-1]
     mean = [0.0] * channels if mean is None else [float(m) for m in mean]
@@ -66,30 +66,64 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     images = keras.Input(input_shape, name="images")
     normalised = keras.layers.Normalization(
         mean=mean, variance=[s * s for s in std], name="normalize")(images)
-    neuron = dict(tau=tau, threshold=threshold, detach_reset=detach_reset)
+    neuron = dict(tau=tau, threshold=threshold, detach_reset=detach_reset,
+                  surrogate_sharpness=surrogate_sharpness, recompute=recompute)
     logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron,
                                  batch_norm)
     return keras.Model(images, logits, name=arch)
 
 
-def with_timesteps(model, timesteps):
-    """The same network and weights, run over a different number of timesteps.
+def rebuilt(model, change):
+    """A copy of `model` (`keras.models.clone_model`) whose layers are rebuilt from their
+    configs, each first passed to `change(layer, config)`, which edits the config in place or
+    returns a layer to use instead. The copy has fresh weights: set them from `model`.
 
-    Built in a strategy's scope, the clone's batch-norm follows that strategy (see
-    `blocks.synchronized_batch_norm`)."""
-    if int(timesteps) < 1:
-        raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
-    config = model.get_config()
-    repeats = [layer for layer in config["layers"] if layer["class_name"] == "RepeatOverTime"]
-    if len(repeats) != 1:
-        raise ValueError("with_timesteps needs a model made by tic_tf.models.build_model.")
-    repeats[0]["config"]["timesteps"] = int(timesteps)
-    for layer in config["layers"]:  # a clone built in a strategy's scope works under it
-        if layer["class_name"] in ("BatchNormalization", "TemporalBatchNorm"):
-            layer["config"]["synchronized"] = synchronized_batch_norm()
-    clone = keras.Model.from_config(config)
+    Its batch-norm layers follow the strategy whose scope the copy is built in (see
+    `blocks.synchronized_batch_norm`), so a copy made under a strategy works under it."""
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
+            config["synchronized"] = synchronized_batch_norm()
+        replacement = change(layer, config)
+        return replacement if replacement is not None else layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def _check_built_here(model):
+    if sum(isinstance(layer, RepeatOverTime) for layer in model.layers) != 1:
+        raise ValueError("This needs a model made by tic_tf.models.build_model.")
+
+
+def _with_layer_setting(model, layer_class, name, value):
+    """A copy of `model`, same weights, whose `layer_class` layers have `name` = `value`."""
+    def change(layer, config):
+        if isinstance(layer, layer_class):
+            config[name] = value
+
+    clone = rebuilt(model, change)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def with_timesteps(model, timesteps):
+    """The same network and weights, run over a different number of timesteps."""
+    if int(timesteps) < 1:
+        raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
+    _check_built_here(model)
+    return _with_layer_setting(model, RepeatOverTime, "timesteps", int(timesteps))
+
+
+def with_surrogate(model, sharpness):
+    """The same network and weights whose spikes back-propagate through the arctan surrogate
+    of `sharpness`: an attack through another surrogate than the model trained with."""
+    _check_neuron_args(2.0, 1.0, sharpness)
+    return _with_layer_setting(model, LIF, "surrogate_sharpness", float(sharpness))
+
+
+def surrogate_of(model):
+    """The surrogate sharpness of the model's LIF layers."""
+    return lif_layers(model)[0].cell.surrogate_sharpness
 
 
 def time_specific_twin(model, images):
@@ -99,25 +133,27 @@ def time_specific_twin(model, images):
     they differ only in what inference uses. The twin's statistics of timestep t are those
     of `images` (one batch, in [0, 1]) at timestep t, computed as training computes them.
     """
-    config = model.get_config()
-    norms = [layer for layer in config["layers"] if layer["class_name"] == "TemporalBatchNorm"]
-    if not norms or any(layer["config"]["mode"] != "per_timestep" for layer in norms):
+    norms = [layer for layer in model.layers if isinstance(layer, TemporalBatchNorm)]
+    if not norms or any(layer.mode != "per_timestep" for layer in norms):
         raise ValueError("time_specific_twin needs a model built with batch_norm='per_timestep'.")
-    steps = timesteps_of(model)
-    for layer in norms:
-        layer["config"].update(mode="time_specific", timesteps=steps, momentum=0.0)
-    twin = keras.Model.from_config(copy.deepcopy(config))  # from_config consumes its input
+    timesteps = timesteps_of(model)
+
+    def time_specific(calibrating):
+        def change(layer, config):
+            if isinstance(layer, TemporalBatchNorm):  # momentum 0: statistics := the batch's
+                config.update(mode="time_specific", timesteps=timesteps,
+                              momentum=0.0 if calibrating else layer.momentum)
+        return rebuilt(model, change)
+
+    twin = time_specific(calibrating=True)
     for ours, theirs in zip(twin.layers, model.layers):
         if isinstance(ours, TemporalBatchNorm):  # gamma, beta; statistics come next
             ours.gamma.assign(theirs.gamma)
             ours.beta.assign(theirs.beta)
         else:
             ours.set_weights(theirs.get_weights())
-    twin(images, training=True)  # momentum 0: the moving statistics become these batch's
-    for layer in norms:
-        layer["config"]["momentum"] = next(
-            theirs.momentum for theirs in model.layers if theirs.name == layer["config"]["name"])
-    calibrated = keras.Model.from_config(config)
+    twin(images, training=True)
+    calibrated = time_specific(calibrating=False)
     calibrated.set_weights(twin.get_weights())
     return calibrated
 
@@ -125,14 +161,15 @@ def time_specific_twin(model, images):
 def relu_twin(model):
     """`model` at one timestep with every LIF layer replaced by ReLU, same weights: the dense
     network a spiking one is measured against (the benchmark's speed ceiling)."""
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "RepeatOverTime":
-            layer["config"]["timesteps"] = 1
-        elif layer["class_name"] == "LIF":
-            layer.update(module="keras.layers", class_name="Activation", registered_name=None,
-                         config={"name": layer["config"]["name"], "activation": "relu"})
-    twin = keras.Model.from_config(config)
+    _check_built_here(model)
+
+    def change(layer, config):
+        if isinstance(layer, RepeatOverTime):
+            config["timesteps"] = 1
+        elif isinstance(layer, LIF):
+            return keras.layers.Activation("relu", name=layer.name)
+
+    twin = rebuilt(model, change)
     twin.set_weights(model.get_weights())  # LIF layers have none, so the lists align
     return twin
 
@@ -144,10 +181,10 @@ def run_on_frames(model, frames):
     every frame instead of once; with identical frames this equals `model(images)` in
     inference mode. Used for inputs perturbed only during some timesteps.
     """
-    steps = frames.shape[1]
+    timesteps = frames.shape[1]
     repeat = next(layer for layer in model.layers if isinstance(layer, RepeatOverTime))
     folded = tf.reshape(frames, [-1, *frames.shape[2:]])
-    unfold = lambda stem: tf.reshape(stem, [-1, steps, *stem.shape[1:]])  # noqa: E731
+    unfold = lambda stem: tf.reshape(stem, [-1, timesteps, *stem.shape[1:]])  # noqa: E731
     logits, _ = run_layers(model, folded, substitute={repeat: unfold})
     return logits
 
@@ -163,5 +200,6 @@ def lif_layers(model):
 
 
 __all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "BN_STATISTICS", "TemporalBatchNorm",
-           "build_model", "with_timesteps", "timesteps_of", "lif_layers", "run_on_frames",
-           "time_specific_twin", "RepeatOverTime", "TimeFolded"]
+           "build_model", "with_timesteps", "with_surrogate", "surrogate_of", "timesteps_of",
+           "lif_layers", "run_on_frames", "time_specific_twin", "relu_twin", "rebuilt",
+           "RepeatOverTime", "TimeFolded"]

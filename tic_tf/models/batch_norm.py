@@ -81,17 +81,17 @@ class TemporalBatchNorm(keras.layers.Layer):
         """`[T, C]` -> broadcastable against `[batch, T, ..., C]` inputs of rank `rank`."""
         return tf.reshape(values, [1, values.shape[0]] + [1] * (rank - 3) + [values.shape[1]])
 
-    def _rows(self, values, steps):
-        """Per-timestep `[T_kept, C]` values for `steps` timesteps: beyond the kept ones, the
+    def _rows(self, values, timesteps):
+        """Per-timestep `[T_kept, C]` values for `timesteps` timesteps: beyond the kept ones, the
         last one's."""
-        return tf.gather(values, [min(t, self.timesteps - 1) for t in range(steps)])
+        return tf.gather(values, [min(t, self.timesteps - 1) for t in range(timesteps)])
 
-    def inference_statistics(self, steps):
-        """Moving mean and variance for `steps` timesteps, each `[steps, channels]`."""
+    def inference_statistics(self, timesteps):
+        """Moving mean and variance for `timesteps` timesteps, each `[timesteps, channels]`."""
         mean, variance = self.moving_mean, self.moving_variance
         if self.mode not in _PER_TIMESTEP_STATISTICS:
-            return tf.tile(mean[None], [steps, 1]), tf.tile(variance[None], [steps, 1])
-        return self._rows(mean, steps), self._rows(variance, steps)
+            return tf.tile(mean[None], [timesteps, 1]), tf.tile(variance[None], [timesteps, 1])
+        return self._rows(mean, timesteps), self._rows(variance, timesteps)
 
     def batch_statistics(self, inputs):
         """Mean and biased variance of each timestep over batch and positions, `[T, C]`."""
@@ -109,23 +109,23 @@ class TemporalBatchNorm(keras.layers.Layer):
         """gamma * standardized + beta, per timestep for "bntt"."""
         if self.mode != "bntt":
             return standardized * self.gamma + self.beta
-        steps, rank = standardized.shape[1], len(standardized.shape)
-        return (standardized * self._per_time(self._rows(self.gamma, steps), rank)
-                + self._per_time(self._rows(self.beta, steps), rank))
+        timesteps, rank = standardized.shape[1], len(standardized.shape)
+        return (standardized * self._per_time(self._rows(self.gamma, timesteps), rank)
+                + self._per_time(self._rows(self.beta, timesteps), rank))
 
     def _update_moving_statistics(self, mean, variance):
-        steps = mean.shape[0]
+        timesteps = mean.shape[0]
         if self.mode in _PER_TIMESTEP_STATISTICS:
-            if steps > self.timesteps:
+            if timesteps > self.timesteps:
                 raise ValueError(f"This time-specific batch-norm keeps statistics for "
-                                 f"{self.timesteps} timesteps; it cannot train on {steps}.")
+                                 f"{self.timesteps} timesteps; it cannot train on {timesteps}.")
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                head = moving[:steps] * self.momentum + batch * (1.0 - self.momentum)
-                moving.assign(tf.concat([head, moving[steps:]], axis=0))
+                head = moving[:timesteps] * self.momentum + batch * (1.0 - self.momentum)
+                moving.assign(tf.concat([head, moving[timesteps:]], axis=0))
             return
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             value = moving.value
-            for t in range(steps):  # one update per timestep, in time order
+            for t in range(timesteps):  # one update per timestep, in time order
                 value = value * self.momentum + batch[t] * (1.0 - self.momentum)
             moving.assign(value)
 

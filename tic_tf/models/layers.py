@@ -39,10 +39,10 @@ class TimeFolded(keras.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, training=None):
-        steps = inputs.shape[1]
+        timesteps = inputs.shape[1]
         folded = tf.reshape(inputs, [-1, *inputs.shape[2:]])
         outputs = self.layer(folded, training=training)
-        return tf.reshape(outputs, [-1, steps, *outputs.shape[1:]])
+        return tf.reshape(outputs, [-1, timesteps, *outputs.shape[1:]])
 
     def compute_output_shape(self, input_shape):
         inner = self.layer.compute_output_shape((None, *input_shape[2:]))

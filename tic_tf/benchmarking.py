@@ -1,0 +1,188 @@
+"""Benchmark suite: training, inference, Fisher curve, PGD-10, peak memory and the ceiling.
+
+    from tic_tf.benchmarking import BenchmarkConfig, benchmark
+    results = benchmark(BenchmarkConfig(timesteps=(4, 10)))
+
+For each T of `timesteps`, on random 32x32x3 inputs with 10 classes (medians of `repeats`
+timed runs after an untimed warm-up, so compilation is excluded):
+  train_img_s      training throughput: forward + BPTT backward + SGD update, images/s
+  infer_img_s      inference throughput (per-timestep logits), images/s
+  ceiling_img_s    the same network with every LIF replaced by ReLU, trained on batches of
+                   T x batch_size images in one pass: the dense compute a spiking step cannot
+                   beat on this hardware, in the spiking step's images/s (T x batch_size
+                   dense images count as batch_size spiking ones)
+  fisher_curve_s   exact per-sample I_1..I_T over `fisher_samples` samples
+  pgd10_s_per_img  PGD with 10 iterations, per image; pgd10_passes is its cost in
+                   forward+backward (input-gradient) passes
+  peak_memory_mb   peak memory of the training measurement (GPU: TensorFlow's allocator
+                   peak; CPU: the process's peak resident set, reset before it on Linux)
+Figures for the paper's PyTorch reference on the 2-core CPU machine of this project (issue 7)
+are printed alongside as ratios when the settings match theirs.
+"""
+import dataclasses
+import json
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tic_tf.atomic import write_json
+from tic_tf.attacks import loss_gradient, pgd
+from tic_tf.fisher import temporal_fisher
+from tic_tf.losses import MeanLogitCrossEntropy
+from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model, relu_twin,
+                           set_precision)
+from tic_tf.options import check_choices, check_positive, integers, option, require, xla
+from tic_tf.timing import PeakMemory, machine, median_of, median_time
+
+# PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
+# ResNet19 width 1/4, batch 32, T -> (train images/s, inference images/s, Fisher 256 s).
+REFERENCE = {4: (41.5, 132.7, 17.8), 10: (14.6, 46.5, 118.7)}
+
+FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to time, on which network, at which precision."""
+    arch: str = option("resnet19", "Network architecture.", choices=sorted(ARCHITECTURES))
+    width: float = option(0.25, "Channel width multiplier.")
+    timesteps: tuple = option((4, 10), "Values of T to benchmark.",
+                              parse=integers("timesteps", minimum=1))
+    batch_norm: str = option("per_timestep", "Batch-norm mode of the benchmarked model "
+                             "(per_timestep: the reference code's semantics; shared: "
+                             "statistics pooled over time, as SpikingJelly's multi-step mode).",
+                             choices=list(BATCH_NORM_MODES))
+    batch_size: int = option(32, "Batch size of every figure.")
+    train_steps: int = option(8, "Timed training steps per run (after one more that starts "
+                              "the clock).")
+    fisher_samples: int = option(256, "Samples of the Fisher curve.")
+    repeats: int = option(5, "Timed runs per figure (the median is reported).")
+    xla: bool = xla(False, "Training, inference and attacks (the Fisher estimator always "
+                    "runs without: slower with it on CPU).")
+    recompute: bool = option(False, "Recompute LIF membranes and spikes in the backward pass "
+                             "(gradient checkpointing; see tic_tf.neurons).")
+    mixed_precision: str = option("none", "16-bit compute for every figure (bfloat16: CPUs "
+                                  "with AVX512-BF16/AMX).", choices=sorted(PRECISIONS))
+    skip: tuple = option((), "Figures to leave out: any of train, infer, ceiling, fisher, pgd.",
+                         choices=FIGURES)
+    json: str = option(None, "Also write the figures to this JSON file.", kind=str)
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(self, "batch_size", "train_steps", "fisher_samples", "repeats")
+        require(self.timesteps and all(t >= 1 for t in self.timesteps),
+                "--timesteps takes positive integers, e.g. 4,10.")
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Seconds per training step between the first and the last step of a `fit` call: the
+    steady state of an epoch, without fit's own set-up and tear-down (measured at about
+    0.7 s per call here, which would swamp an 8-step run)."""
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # wait for the step to finish
+        self.ends.append(time.perf_counter())
+
+    def seconds_per_step(self):
+        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+
+
+def train_seconds_per_step(config, model, images, labels):
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), MeanLogitCrossEntropy(),
+                  jit_compile=config.xla)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    timer = StepTimer()
+
+    def seconds_per_step():
+        model.fit(data, epochs=1, steps_per_epoch=config.train_steps + 1, verbose=0,
+                  callbacks=[timer])
+        return timer.seconds_per_step()
+
+    return median_of(seconds_per_step, config.repeats)
+
+
+def bench(config, timesteps):
+    batch = config.batch_size
+    rng = np.random.default_rng(0)
+    images = rng.random((max(batch, config.fisher_samples), 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, len(images)).astype(np.int32)
+    x, y = tf.constant(images[:batch]), tf.constant(labels[:batch])
+    keras.utils.set_random_seed(0)
+    model = build_model(config.arch, 10, timesteps, (32, 32, 3), width=config.width,
+                        batch_norm=config.batch_norm, recompute=config.recompute)
+    figures = {"timesteps": timesteps}
+    if "train" not in config.skip:
+        with PeakMemory() as peak:
+            figures["train_img_s"] = batch / train_seconds_per_step(config, model, x, y)
+        figures["peak_memory_mb"] = peak.mb
+    if "infer" not in config.skip:
+        infer = tf.function(lambda images: model(images, training=False),
+                            jit_compile=config.xla)
+        figures["infer_img_s"] = batch / median_time(lambda: infer(x).numpy(), config.repeats)
+    if "ceiling" not in config.skip:
+        dense_x = tf.constant(np.resize(images, (timesteps * batch, 32, 32, 3)))
+        dense_y = tf.constant(np.resize(labels, timesteps * batch))
+        figures["ceiling_img_s"] = batch / train_seconds_per_step(config, relu_twin(model), dense_x,
+                                                                  dense_y)
+    if "fisher" not in config.skip:
+        data = (images[:config.fisher_samples], labels[:config.fisher_samples])
+        figures["fisher_curve_s"] = median_time(
+            lambda: temporal_fisher(model, data, config.fisher_samples, batch_size=batch),
+            config.repeats)
+    if "pgd" not in config.skip:
+        attack = median_time(lambda: pgd(model, x, y, iterations=10,
+                                         jit_compile=config.xla).numpy(), config.repeats)
+        gradient = tf.function(loss_gradient(model, None), jit_compile=config.xla)
+        one_pass = median_time(lambda: gradient(x, x, y).numpy(), config.repeats)
+        figures["pgd10_s_per_img"] = attack / batch
+        figures["pgd10_passes"] = attack / one_pass
+    reference = REFERENCE.get(timesteps)
+    if reference and config.arch == "resnet19" and config.width == 0.25 and batch == 32:
+        for key, value in zip(("train_img_s", "infer_img_s"), reference[:2]):
+            if key in figures:
+                figures[f"{key}_vs_reference"] = figures[key] / value
+        if "fisher_curve_s" in figures and config.fisher_samples == 256:
+            figures["fisher_curve_vs_reference"] = reference[2] / figures["fisher_curve_s"]
+    return figures
+
+
+COLUMNS = (("train_img_s", "train img/s", "{:.1f}"), ("infer_img_s", "infer img/s", "{:.1f}"),
+           ("ceiling_img_s", "ceiling img/s", "{:.1f}"), ("fisher_curve_s", "Fisher s", "{:.1f}"),
+           ("pgd10_s_per_img", "PGD-10 s/img", "{:.3f}"), ("pgd10_passes", "PGD passes", "{:.1f}"),
+           ("peak_memory_mb", "peak MB", "{:.0f}"),
+           ("train_img_s_vs_reference", "train x ref", "{:.2f}"),
+           ("fisher_curve_vs_reference", "Fisher x ref", "{:.2f}"))
+
+
+def table(runs):
+    shown = [c for c in COLUMNS if any(c[0] in run for run in runs)]
+    lines = ["| T | " + " | ".join(title for _, title, _ in shown) + " |",
+             "|---|" + "---|" * len(shown)]
+    for run in runs:
+        cells = [fmt.format(run[key]) if key in run else "-" for key, _, fmt in shown]
+        lines.append(f"| {run['timesteps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def benchmark(config):
+    """Every figure of `config` for each of its T; returns them with the machine's details."""
+    set_precision(config.mixed_precision)
+    results = {"machine": machine(config.xla), "mixed_precision": config.mixed_precision,
+               "recompute": config.recompute, "batch_norm": config.batch_norm,
+               "arch": config.arch, "width": config.width,
+               "batch_size": config.batch_size, "fisher_samples": config.fisher_samples,
+               "repeats": config.repeats, "runs": []}
+    for timesteps in config.timesteps:
+        print(f"Benchmarking T={timesteps} ...", flush=True)
+        results["runs"].append(bench(config, timesteps))
+        print(table(results["runs"][-1:]), flush=True)
+        if config.json:  # after every T, so a long run keeps what it measured
+            write_json(config.json, results)
+    print(json.dumps(results["machine"]))
+    print(table(results["runs"]))
+    return results

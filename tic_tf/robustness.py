@@ -1,0 +1,176 @@
+"""Robustness evaluation of checkpoints: a Table-1-style report (PAPER.md section 4).
+
+    from tic_tf.robustness import EvaluationConfig, evaluate
+    rows = evaluate(EvaluationConfig(checkpoints=("runs/alpha_low",), output_dir="reports"))
+
+Writes report.md and report.json to `output_dir`: accuracy per model and evaluation, and the
+drop from clean accuracy. Defaults are the paper's: Gaussian noise at 50% of the image's l2
+norm, blur through half the image side, FGSM eps 8/255, PGD eps 8/255, step 4/255, 10
+iterations. fgsm_window / pgd_window perturb only the timesteps `window` = (start, width).
+`attack_surrogates` re-runs the attacks through other surrogate sharpnesses and flags gradient
+obfuscation.
+"""
+import dataclasses
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tic_tf import checkpoints
+from tic_tf.attacks import attacked_logits, fgsm, pgd
+from tic_tf.atomic import write_json, write_text
+from tic_tf.compiled import cached
+from tic_tf.corruptions import blur, blur_size, check_window, gaussian_noise
+from tic_tf.data import DataConfig, to_unit_range
+from tic_tf.losses import mean_logits
+from tic_tf.models import timesteps_of
+from tic_tf.options import (check_choices, check_positive, eval_samples, integers, nested,
+                            numbers, option, output_dir, require, run_timesteps, seed, xla)
+
+EVALUATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd_window")
+ATTACKS = ("fgsm", "pgd", "fgsm_window", "pgd_window")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Which checkpoints to evaluate under which perturbations."""
+    checkpoints: tuple = option((), "Checkpoint or run directories (a run's newest "
+                                "checkpoint), one model each.")
+    output_dir: str = output_dir("report.md and report.json")
+    data: DataConfig = nested(DataConfig)
+    evaluations: tuple = option(("clean", "gaussian", "blur", "fgsm", "pgd"),
+                                f"Any of {', '.join(EVALUATIONS)}.", choices=EVALUATIONS)
+    eps: float = option(8 / 255, "l-infinity radius of FGSM and PGD, in [0, 1] pixels.")
+    pgd_step: float = option(4 / 255, "PGD step size.")
+    pgd_iterations: int = option(10, "PGD iterations.")
+    random_start: bool = option(False, "Start PGD at a random point of the eps-ball.")
+    noise: float = option(0.5, "Gaussian noise l2 norm as a fraction of the image's.")
+    blur_size: int = option(None, "Blur: bilinear downsampling to this size and back "
+                            "(default: half the image side, 16 for 32x32 images as in the "
+                            "paper).", kind=int)
+    window: tuple = option((1, 2), "start,width of the timesteps the *_window attacks perturb "
+                           "(1-based).", parse=integers("window", minimum=1))
+    attack_surrogates: tuple = option((), "Extra surrogate sharpnesses (the model trained "
+                                      f"with pi = {math.pi:.4f}) for the attacks, e.g. "
+                                      "1.57,6.28.", parse=numbers("attack_surrogates"))
+    obfuscation_drop: float = option(0.05, "Flag a model whose attacked accuracy falls by "
+                                     "more than this (absolute) under another surrogate.")
+    eval_samples: int = eval_samples()
+    batch_size: int = option(64, "Batch size.")
+    timesteps: int = run_timesteps()
+    seed: int = seed("noise and random starts")
+    xla: bool = xla(True)
+
+    def __post_init__(self):
+        check_choices(self)
+        require(self.checkpoints and self.output_dir, "checkpoints and output_dir are "
+                "required.")
+        require(self.eps >= 0 and self.pgd_step >= 0, "--eps and --pgd_step must be >= 0.")
+        check_positive(self, "pgd_iterations", "eval_samples", "batch_size", "timesteps")
+        require(len(self.window) == 2, "--window takes two numbers: start,width.")
+        require(all(s > 0 for s in self.attack_surrogates),
+                "--attack_surrogates must be positive.")
+
+
+def predictions(model, window, jit_compile):
+    """Compiled: predicted classes of (possibly time-windowed) adversarial inputs."""
+    return cached(model, ("predict", window, jit_compile), lambda: tf.function(
+        lambda adversarial, clean: tf.argmax(mean_logits(
+            attacked_logits(model, adversarial, clean, window)), -1, output_type=tf.int32),
+        jit_compile=jit_compile))
+
+
+def perturb(config, name, model, images, labels, index, surrogate):
+    """The perturbed batch for one evaluation, and the window it applies to."""
+    if name == "clean":
+        return images, None
+    if name == "gaussian":
+        return gaussian_noise(images, config.noise, seed=(config.seed, index)), None
+    if name == "blur":
+        return blur(images, config.blur_size), None
+    attack_window = config.window if name.endswith("_window") else None
+    common = dict(window=attack_window, surrogate=surrogate, jit_compile=config.xla)
+    if name.startswith("fgsm"):
+        return fgsm(model, images, labels, config.eps, **common), attack_window
+    return pgd(model, images, labels, config.eps, config.pgd_step, config.pgd_iterations,
+               config.random_start, seed=config.seed, **common), attack_window
+
+
+def accuracy(config, name, model, images, labels, surrogate=None):
+    """Accuracy of `model` on `images` under the evaluation `name`."""
+    correct, size = 0, config.batch_size
+    for index, start in enumerate(range(0, len(images), size)):
+        clean = tf.constant(images[start:start + size])
+        batch_labels = labels[start:start + size]
+        perturbed, used_window = perturb(config, name, model, clean, batch_labels, index,
+                                         surrogate)
+        predicted = predictions(model, used_window, config.xla)(perturbed, clean)
+        correct += int(np.sum(predicted.numpy() == batch_labels))
+    return correct / len(images)
+
+
+def markdown(rows, evaluations):
+    header = "| model | " + " | ".join(evaluations) + " | obfuscation flag |"
+    lines = [header, "|" + "---|" * (len(evaluations) + 2)]
+    for row in rows:
+        cells = []
+        for name in evaluations:
+            cell = f"{100 * row['accuracy'][name]:.2f}"
+            if name != "clean" and "clean" in row["accuracy"]:
+                cell += f" ({100 * row['drop_from_clean'][name]:+.2f})"
+            cells.append(cell)
+        flag = "YES" if row["obfuscation_suspected"] else "no"
+        lines.append(f"| {row['checkpoint']} | " + " | ".join(cells) + f" | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(config, path, images, labels):
+    """The report row of the checkpoint at `path`."""
+    model, _ = checkpoints.load_model(path, timesteps=config.timesteps)
+    results = {}
+    for name in config.evaluations:
+        results[name] = accuracy(config, name, model, images, labels)
+        print(f"{path} {name}: {100 * results[name]:.2f}%", flush=True)
+    other_surrogates = {}
+    for name in (n for n in config.evaluations if n in ATTACKS):
+        for sharpness in config.attack_surrogates:
+            value = accuracy(config, name, model, images, labels, sharpness)
+            other_surrogates[f"{name}@{sharpness:g}"] = value
+            print(f"{path} {name} via surrogate {sharpness:g}: {100 * value:.2f}%",
+                  flush=True)
+    suspected = any(results[key.split("@")[0]] - value > config.obfuscation_drop
+                    for key, value in other_surrogates.items())
+    return {"checkpoint": path, "timesteps": timesteps_of(model), "accuracy": results,
+            "drop_from_clean": {n: results[n] - results["clean"] for n in results}
+            if "clean" in results else {},
+            "other_surrogates": other_surrogates, "obfuscation_suspected": suspected}
+
+
+def evaluate(config):
+    """Evaluate every checkpoint of `config`; writes the report and returns its rows."""
+    paths = [checkpoints.resolve(p) for p in config.checkpoints]
+    spec = config.data.spec
+    for path in paths:
+        model_config = checkpoints.read_model_config(path)
+        checkpoints.check_matches_dataset(model_config, spec, path)
+        if any(n.endswith("_window") for n in config.evaluations):
+            check_window(*config.window, config.timesteps or model_config["timesteps"])
+    blurred_to = blur_size((None, *spec.image_shape), config.blur_size)  # refused before work
+    arrays = config.data.load()
+    images = to_unit_range(arrays.x_test[:config.eval_samples])
+    labels = arrays.y_test[:config.eval_samples]
+    rows = [evaluate_model(config, path, images, labels) for path in paths]
+
+    settings = {name: value for name, value in dataclasses.asdict(config).items()
+                if name in ("evaluations", "eps", "pgd_step", "pgd_iterations", "random_start",
+                            "noise", "window", "attack_surrogates", "eval_samples",
+                            "timesteps", "seed")}
+    settings.update(dataset=config.data.dataset, test_images=len(images), blur_size=blurred_to)
+    write_json(os.path.join(config.output_dir, "report.json"),
+               {"settings": settings, "models": rows})
+    write_text(os.path.join(config.output_dir, "report.md"),
+               f"Accuracy (%) on {len(images)} test images; drop from clean in parentheses.\n\n"
+               + markdown(rows, config.evaluations))
+    print(markdown(rows, config.evaluations))
+    return rows
