@@ -1,5 +1,6 @@
-"""PNG plots of Fisher curves, centroids, heat maps and window deficits (matplotlib figures
-drawn without pyplot, so importing this module changes no global matplotlib state)."""
+"""PNG plots of Fisher curves, centroids, heat maps and window deficits, alone or as panels of
+one figure (matplotlib figures drawn without pyplot, so importing this module changes no
+global matplotlib state)."""
 import io
 import os
 
@@ -9,76 +10,135 @@ from matplotlib.figure import Figure  # without pyplot: no global backend, no op
 from tic_tf.atomic import partial_path
 
 
-def _subplots(figsize):
-    figure = Figure(figsize=figsize)
-    return figure, figure.subplots()
+class Panels:
+    """One figure of `count` panels side by side; each drawing method fills the next panel.
+
+        figure = Panels(2)
+        figure.centroids({"T=4": (epochs, ics)})
+        figure.fisher_curves({"epoch 300": fisher})
+        figure.save("fig1.png")
+    """
+
+    def __init__(self, count, panel_size=(5, 3.5)):
+        self.figure = Figure(figsize=(panel_size[0] * count, panel_size[1]))
+        axes = self.figure.subplots(1, count, squeeze=False)[0]
+        self.axes = iter(axes)
+
+    def fisher_curves(self, curves, title="Temporal Fisher information"):
+        """I_t against t, one line per label in `curves` ({label: values})."""
+        axis = next(self.axes)
+        for label, values in curves.items():
+            axis.plot(np.arange(1, len(values) + 1), values, marker="o", label=str(label))
+        axis.set_xticks(range(1, max(len(v) for v in curves.values()) + 1))
+        axis.set_xlabel("timestep t")
+        axis.set_ylabel("I_t")
+        axis.set_title(title)
+        axis.legend(fontsize="small")
+
+    def centroids(self, series, title="Information centroid during training"):
+        """Information centroid against epoch, one line per label ({label: (epochs,
+        values)}); a single unlabelled series draws no legend."""
+        axis = next(self.axes)
+        for label, (epochs, values) in series.items():
+            axis.plot(epochs, values, marker="o", label=str(label))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("information centroid")
+        axis.set_title(title)
+        if len(series) > 1 or next(iter(series)) is not None:
+            axis.legend(fontsize="small")
+
+    def heatmap(self, matrix, row_labels, column_labels, title="", xlabel="", ylabel=""):
+        """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
+        axis = next(self.axes)
+        image = axis.imshow(np.asarray(matrix, dtype=float), aspect="auto", cmap="viridis")
+        every = -(-len(column_labels) // 10)  # at most about 10 column labels
+        columns = range(0, len(column_labels), every)
+        axis.set_xticks(columns, [str(list(column_labels)[c]) for c in columns])
+        axis.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize="small")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        self.figure.colorbar(image, ax=axis)
+
+    def timestep_accuracy(self, results, title=""):
+        """Accuracy from timesteps 1..t and from timestep t alone, per batch-norm statistics
+        mode ({mode: diagnostics JSON})."""
+        axis = next(self.axes)
+        for mode, result in results.items():
+            timesteps = np.arange(1, len(result["accuracy_at"]) + 1)
+            line, = axis.plot(timesteps, result["accuracy_upto"], marker="o",
+                              label=f"{mode}: 1..t")
+            axis.plot(timesteps, result["accuracy_at"], marker="x", linestyle="--",
+                      color=line.get_color(), label=f"{mode}: t alone")
+            axis.set_xticks(timesteps)
+        axis.set_xlabel("timestep t")
+        axis.set_ylabel("accuracy")
+        axis.set_ylim(0, 1)
+        axis.set_title(f"Accuracy per timestep {title}".strip())
+        axis.legend(fontsize="small")
+
+    def window_deficits(self, starts, values, window=3, relative=True,
+                        title="Time-window deficits"):
+        """Accuracy (relative to the last window's) with noise in timesteps [t, t+window-1]."""
+        axis = next(self.axes)
+        axis.bar([str(t) for t in starts], values)
+        if relative:
+            axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xlabel(f"first noisy timestep t (window of {window})")
+        axis.set_ylabel("accuracy / accuracy of last window" if relative else "accuracy")
+        axis.set_title(title)
+
+    def accuracy_vs_sparsity(self, series, title=""):
+        """Accuracy against sparsity, one line per label ({label: (sparsity, accuracy)})."""
+        axis = next(self.axes)
+        for label, (sparsity, accuracy) in series.items():
+            axis.plot(100 * np.asarray(sparsity), 100 * np.asarray(accuracy), marker="o",
+                      label=str(label))
+        axis.set_xlabel("sparsity (%)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(f"Accuracy against sparsity {title}".strip())
+        axis.legend(fontsize="small")
+
+    def save(self, path=None):
+        """Write the figure as PNG at `path` atomically; returns the PNG bytes."""
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        data = buffer.getvalue()
+        if path is not None:
+            partial = partial_path(path)
+            with open(partial, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, path)
+        return data
 
 
-def _save(figure, path):
-    """Write the figure as PNG at `path` atomically; returns the PNG bytes."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    data = buffer.getvalue()
-    if path is not None:
-        partial = partial_path(path)
-        with open(partial, "wb") as handle:
-            handle.write(data)
-        os.replace(partial, path)
-    return data
-
+# One-panel figures, each written to `path` (if given) and returned as PNG bytes.
 
 def fisher_curves(curves, path=None, title="Temporal Fisher information"):
-    """I_t against t, one line per label in `curves` ({label: values})."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    for label, values in curves.items():
-        axis.plot(np.arange(1, len(values) + 1), values, marker="o", label=str(label))
-    axis.set_xticks(range(1, max(len(v) for v in curves.values()) + 1))
-    axis.set_xlabel("timestep t")
-    axis.set_ylabel("I_t")
-    axis.set_title(title)
-    axis.legend(fontsize="small")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.fisher_curves(curves, title)
+    return figure.save(path)
 
 
 def centroids(epochs, values, path=None):
-    """Information centroid against training epoch."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    axis.plot(epochs, values, marker="o")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("information centroid")
-    axis.set_title("Information centroid during training")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.centroids({None: (epochs, values)})
+    return figure.save(path)
 
 
 def centroids_by_label(series, path=None):
-    """Information centroid against epoch, one line per label ({label: (epochs, values)})."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    for label, (epochs, values) in series.items():
-        axis.plot(epochs, values, marker="o", label=str(label))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("information centroid")
-    axis.set_title("Information centroid during training")
-    axis.legend(fontsize="small")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.centroids(series)
+    return figure.save(path)
 
 
 def heatmap(matrix, row_labels, column_labels, path=None, title="", xlabel="", ylabel=""):
-    """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
-    matrix = np.asarray(matrix, dtype=float)
     # Room for a title, tick labels and a colour bar however few the rows or columns, and no
     # wider than TensorBoard's image cards show legibly however many (e.g. epochs).
-    figure, axis = _subplots(figsize=(min(7.0, max(4.5, 2.5 + 0.45 * len(column_labels))),
-                                         max(3.0, 1.5 + 0.35 * len(row_labels))))
-    image = axis.imshow(matrix, aspect="auto", cmap="viridis")
-    every = -(-len(column_labels) // 10)  # at most about 10 column labels
-    columns = range(0, len(column_labels), every)
-    axis.set_xticks(columns, [str(list(column_labels)[c]) for c in columns])
-    axis.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize="small")
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis)
-    return _save(figure, path)
+    figure = Panels(1, panel_size=(min(7.0, max(4.5, 2.5 + 0.45 * len(column_labels))),
+                                   max(3.0, 1.5 + 0.35 * len(row_labels))))
+    figure.heatmap(matrix, row_labels, column_labels, title, xlabel, ylabel)
+    return figure.save(path)
 
 
 def firing_heatmap(firing, title, path=None):
@@ -89,43 +149,18 @@ def firing_heatmap(firing, title, path=None):
 
 
 def timestep_accuracy(results, path=None, title=""):
-    """Accuracy from timesteps 1..t and from timestep t alone, per batch-norm statistics mode
-    ({mode: diagnostics JSON})."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    for mode, result in results.items():
-        steps = np.arange(1, len(result["accuracy_at"]) + 1)
-        line, = axis.plot(steps, result["accuracy_upto"], marker="o", label=f"{mode}: 1..t")
-        axis.plot(steps, result["accuracy_at"], marker="x", linestyle="--",
-                  color=line.get_color(), label=f"{mode}: t alone")
-        axis.set_xticks(steps)
-    axis.set_xlabel("timestep t")
-    axis.set_ylabel("accuracy")
-    axis.set_ylim(0, 1)
-    axis.set_title(f"Accuracy per timestep {title}".strip())
-    axis.legend(fontsize="small")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.timestep_accuracy(results, title)
+    return figure.save(path)
 
 
 def window_deficits(starts, values, path=None, window=3, relative=True):
-    """Accuracy (relative to the last window's) with noise in timesteps [t, t+window-1]."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    axis.bar([str(t) for t in starts], values)
-    if relative:
-        axis.axhline(1.0, color="grey", linewidth=0.8)
-    axis.set_xlabel(f"first noisy timestep t (window of {window})")
-    axis.set_ylabel("accuracy / accuracy of last window" if relative else "accuracy")
-    axis.set_title("Time-window deficits")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.window_deficits(starts, values, window, relative)
+    return figure.save(path)
 
 
 def accuracy_vs_sparsity(series, path=None, title=""):
-    """Accuracy against sparsity, one line per label in `series` ({label: (sparsity, acc)})."""
-    figure, axis = _subplots(figsize=(5, 3.5))
-    for label, (sparsity, accuracy) in series.items():
-        axis.plot(100 * np.asarray(sparsity), 100 * np.asarray(accuracy), marker="o",
-                  label=str(label))
-    axis.set_xlabel("sparsity (%)")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(f"Accuracy against sparsity {title}".strip())
-    axis.legend(fontsize="small")
-    return _save(figure, path)
+    figure = Panels(1)
+    figure.accuracy_vs_sparsity(series, title)
+    return figure.save(path)
