@@ -74,11 +74,33 @@ def test_tfds_failure_names_every_offline_option(monkeypatch):
         assert option in str(error.value)
 
 
-def test_tfds_not_installed_names_the_extra_and_the_alternative(monkeypatch):
+def test_tfds_not_installed_names_the_extra_and_the_alternatives(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
     with pytest.raises(UserError, match=r"not installed: pip install 'tic_tf\[tfds\]'.*"
+                                        r"--manual_dir=FOLDER holding SVHN's train_32x32.mat.*"
                                         r"--data_file=PATH.npz"):
         data.load_arrays(data.get_spec("svhn"))
+
+
+def test_svhn_reads_its_original_mat_files_with_label_10_for_zero(tmp_path, monkeypatch):
+    from scipy.io import savemat
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # no TFDS needed
+    rng = np.random.default_rng(0)
+    expected = {}
+    for split, count in (("train", 7), ("test", 5)):
+        images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        digits = np.arange(count) % 10
+        # MATLAB layout: X [32, 32, 3, N], y [N, 1] as doubles, digit 0 stored as 10.
+        savemat(tmp_path / f"{split}_32x32.mat",
+                {"X": np.transpose(images, (1, 2, 3, 0)),
+                 "y": np.where(digits == 0, 10, digits).astype(np.float64)[:, None]})
+        expected[split] = (images, digits)
+    arrays = data.load_arrays(data.get_spec("svhn"), manual_dir=str(tmp_path))
+    np.testing.assert_array_equal(arrays.x_train, expected["train"][0])
+    np.testing.assert_array_equal(arrays.y_train, expected["train"][1])
+    np.testing.assert_array_equal(arrays.x_test, expected["test"][0])
+    np.testing.assert_array_equal(arrays.y_test, expected["test"][1])
 
 
 def batches(dataset):

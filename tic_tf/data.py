@@ -85,13 +85,41 @@ def get_spec(name):
     return DATASETS[name]
 
 
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")  # the original cropped-digits release
+
+
 def load_arrays(spec, data_dir=None, manual_dir=None, data_file=None):
-    """Train and test arrays from `data_file` (.npz) if given, else the embedded copy or TFDS."""
+    """Train and test arrays from `data_file` (.npz) if given, else the embedded copy, SVHN's
+    original .mat files in `manual_dir`, or TFDS."""
     if data_file:
         return load_npz(data_file, spec)
     if spec.embedded:
         return _load_digits(spec)
+    if spec.name == "svhn" and manual_dir and all(
+            os.path.isfile(os.path.join(manual_dir, name)) for name in SVHN_FILES):
+        return load_svhn_mat(manual_dir, spec)
     return _load_tfds(spec, data_dir, manual_dir)
+
+
+def load_svhn_mat(folder, spec):
+    """SVHN from its original train_32x32.mat / test_32x32.mat (MATLAB: X [32, 32, 3, N]
+    uint8, y [N, 1] with 10 standing for the digit 0), read without TFDS."""
+    from scipy.io import loadmat  # a dependency of scikit-learn
+
+    splits = []
+    for name in SVHN_FILES:
+        path = os.path.join(folder, name)
+        try:
+            content = loadmat(path)
+        except (OSError, ValueError, NotImplementedError) as error:
+            raise UserError(f"Cannot read {path} as a MATLAB file ({error}).") from error
+        if "X" not in content or "y" not in content:
+            raise UserError(f"{path} lacks the arrays X and y of SVHN's .mat release.")
+        images = np.ascontiguousarray(np.transpose(content["X"], (3, 0, 1, 2)))
+        labels = np.asarray(content["y"]).reshape(-1).astype(np.int64) % 10
+        splits += [_as_uint8_images(images, spec, f"{path}: X"),
+                   _as_labels(labels, spec, f"{path}: y")]
+    return Arrays(*splits)
 
 
 def _load_digits(spec):
@@ -162,10 +190,13 @@ def _load_tfds(spec, data_dir, manual_dir):
     try:  # an optional dependency, slow to import: only this path needs it
         import tensorflow_datasets as tfds
     except ImportError as error:
+        svhn = (" or pass --manual_dir=FOLDER holding SVHN's train_32x32.mat and "
+                "test_32x32.mat," if spec.name == "svhn" else "")
         raise UserError(
             f"The {spec.name} data set comes from TensorFlow Datasets, which is not installed: "
-            "pip install 'tic_tf[tfds]' (in a checkout: pip install '.[tfds]'), or pass "
-            "--data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.") from error
+            "pip install 'tic_tf[tfds]' (in a checkout: pip install '.[tfds]'),"
+            f"{svhn} or pass --data_file=PATH.npz with x_train, y_train, x_test, y_test "
+            "arrays.") from error
 
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
