@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from tic_tf import checkpoints
+from tic_tf.attacks import fgsm
 from tic_tf.callbacks import read_metrics
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.errors import UserError
-from tic_tf.experiments import SCALES, run_experiment
+from tic_tf.experiments import SCALES, DataSources, run_experiment
 from tic_tf.fisher import information_centroid, temporal_fisher
+from tic_tf.losses import mean_logits
+from tic_tf.models import with_timesteps
 from tic_tf.windows import window_accuracies
 
 SMOKE = SCALES["smoke"]
@@ -78,6 +81,72 @@ def test_fig4_redoes_only_a_deleted_run(root, capfd):
     out = capfd.readouterr().out
     assert "timesteps=2: trained in" in out and "base: already trained, skipped." in out
     assert read(root, "fig4")["timesteps"]["2"] == record["timesteps"]["2"]  # seeded
+
+
+def predicted_accuracy(model, images, labels):
+    return float(np.mean(np.argmax(mean_logits(model(images, training=False)), -1) == labels))
+
+
+def test_fig5_and_table1_measure_the_same_alpha_runs(root, capfd):
+    fig5 = run_experiment("fig5", "smoke", root)
+    table1 = run_experiment("table1", "smoke", root)
+    names = [f"alpha={alpha:g}" for alpha in SMOKE.alphas]
+    assert capfd.readouterr().out.count("already trained, skipped.") == len(names)
+    images = to_unit_range(DIGITS.x_test[:SMOKE.eval_samples])
+    labels = DIGITS.y_test[:SMOKE.eval_samples]
+    for name in names:
+        run = os.path.join(root, "smoke", "runs", name)
+        model, _ = checkpoints.load_model(checkpoint(root, name, SMOKE.base["epochs"]))
+        fisher = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train), SMOKE.fisher_samples)
+        np.testing.assert_allclose(fig5[name]["fisher"], fisher.values, rtol=1e-5)
+        metrics = read_metrics(os.path.join(run, "metrics.jsonl"))
+        assert fig5[name]["train_loss_t"]["3"] == [r["loss_t3"] for r in metrics]
+        accuracy = table1[name]["accuracy"]
+        assert accuracy["clean"] == pytest.approx(predicted_accuracy(model, images, labels))
+        attacked = fgsm(model, images, labels, 8 / 255)
+        assert accuracy["fgsm"] == pytest.approx(predicted_accuracy(model, attacked, labels))
+    # The high alpha (above the loss) ascends where the low one descends: different models.
+    assert fig5[names[0]]["fisher"] != fig5[names[1]]["fisher"]
+    assert read(root, "table1")[names[0]] == table1[names[0]]
+
+
+def test_fig7_records_every_round_of_every_track(root):
+    record = run_experiment("fig7", "smoke", root)["base"]
+    tracks = SMOKE.pruning["retrain_timesteps"]
+    auto = record["auto"]["retrain_timesteps"]
+    assert list(record["tracks"]) == [str(t) for t in dict.fromkeys(
+        auto if t == "auto" else t for t in tracks)]
+    round_dir = os.path.join(root, "smoke", "fig7_pruning", "base", "T2", "round-02")
+    pruned, _ = checkpoints.load_model(round_dir)
+    kernels = [w for w in pruned.weights if "kernel" in w.path and "mask" not in w.path]
+    zeros = sum(int(np.sum(k.numpy() == 0)) for k in kernels)
+    assert zeros / sum(k.numpy().size for k in kernels) == pytest.approx(
+        record["tracks"]["2"]["sparsity"][-1], abs=1e-3)
+    images = to_unit_range(DIGITS.x_test[:SMOKE.eval_samples])
+    labels = DIGITS.y_test[:SMOKE.eval_samples]
+    at_full = with_timesteps(pruned, SMOKE.base["timesteps"])
+    assert record["tracks"]["2"]["accuracy_at_T"][-1] == pytest.approx(
+        predicted_accuracy(at_full, images, labels))
+
+
+def test_an_unavailable_data_set_stops_the_experiment_before_training(tmp_path):
+    sources = DataSources(files={"fashion_mnist": str(tmp_path / "missing.npz")})
+    with pytest.raises(UserError) as caught:
+        run_experiment("fig4", "cpu", str(tmp_path), sources)
+    message = str(caught.value)
+    assert message.startswith("fig4 at scale cpu needs the fashion_mnist data set, which is "
+                              f"not available here ({tmp_path}/missing.npz does not exist)")
+    for way in ("--data_dir=DIR", "--manual_dir=DIR", "--data_files=fashion_mnist=PATH.npz"):
+        assert way in message
+    assert os.listdir(tmp_path) == []  # no run directory, nothing trained
+
+
+def test_data_files_replace_a_scales_data_and_misspelt_names_are_refused():
+    sources = DataSources(files={"fashion_mnist": "/data/f.npz"})
+    config = sources.config(SCALES["cpu"].base["data"])
+    assert (config.dataset, config.data_file) == ("fashion_mnist", "/data/f.npz")
+    with pytest.raises(UserError, match="Unknown dataset 'fashoin_mnist'"):
+        DataSources(files={"fashoin_mnist": "/data/f.npz"})
 
 
 def test_unknown_experiments_and_scales_are_refused(tmp_path):

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tic_tf.errors import UserError
+from tic_tf.errors import DataUnavailable, UserError
 from tic_tf.options import check_choices, option
 
 
@@ -135,8 +135,9 @@ def _load_digits(spec):
 def load_npz(path, spec):
     """Read and validate an .npz holding x_train, y_train, x_test, y_test."""
     if not os.path.isfile(path):
-        raise UserError(f"Data file {path} does not exist; pass an .npz with x_train, y_train, "
-                        "x_test, y_test to --data_file.")
+        raise DataUnavailable(f"Data file {path} does not exist; pass an .npz with x_train, "
+                              "y_train, x_test, y_test to --data_file.",
+                              f"{path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as archive:
             content = {key: archive[key] for key in archive.files}
@@ -192,11 +193,11 @@ def _load_tfds(spec, data_dir, manual_dir):
     except ImportError as error:
         svhn = (" or pass --manual_dir=FOLDER holding SVHN's train_32x32.mat and "
                 "test_32x32.mat," if spec.name == "svhn" else "")
-        raise UserError(
+        raise DataUnavailable(
             f"The {spec.name} data set comes from TensorFlow Datasets, which is not installed: "
             "pip install 'tic_tf[tfds]' (in a checkout: pip install '.[tfds]'),"
             f"{svhn} or pass --data_file=PATH.npz with x_train, y_train, x_test, y_test "
-            "arrays.") from error
+            "arrays.", "TensorFlow Datasets is not installed") from error
 
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
@@ -204,12 +205,13 @@ def _load_tfds(spec, data_dir, manual_dir):
             spec.tfds_name, split=["train", "test"], as_supervised=True, data_dir=data_dir,
             download_and_prepare_kwargs={"download_config": download_config})
     except Exception as error:  # network, checksum and missing-archive errors alike
-        raise UserError(
-            f"Could not load TFDS dataset {spec.tfds_name!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). Without internet, either "
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise DataUnavailable(
+            f"Could not load TFDS dataset {spec.tfds_name!r} ({cause}). Without internet, either "
             "point --data_dir at a directory holding the prepared TFDS dataset, or put the "
             "original archives in a folder and pass it as --manual_dir (TFDS manual_dir), or "
-            "pass --data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.") from error
+            "pass --data_file=PATH.npz with x_train, y_train, x_test, y_test arrays.",
+            f"TFDS could not load {spec.tfds_name}: {cause}") from error
     return Arrays(*_to_arrays(train, spec, "TFDS train split"),
                   *_to_arrays(test, spec, "TFDS test split"))
 

@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """Input a user can fix; the message names the problem and the fix."""
+
+
+class DataUnavailable(UserError):
+    """A data set that cannot be loaded here; `reason` says why in a few words, for callers
+    that name their own ways of providing it."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason

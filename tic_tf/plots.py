@@ -35,17 +35,38 @@ class Panels:
         axis.set_title(title)
         axis.legend(fontsize="small")
 
-    def centroids(self, series, title="Information centroid during training"):
-        """Information centroid against epoch, one line per label ({label: (epochs,
-        values)}); a single unlabelled series draws no legend."""
+    def lines(self, series, xlabel, ylabel, title="", log=False):
+        """y against x, one line per label ({label: (x, y)}); a single unlabelled series
+        draws no legend."""
         axis = next(self.axes)
-        for label, (epochs, values) in series.items():
-            axis.plot(epochs, values, marker="o", label=str(label))
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("information centroid")
+        for label, (x, y) in series.items():
+            axis.plot(x, y, marker="o" if len(x) <= 60 else None, label=str(label))
+        if log:
+            axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
         axis.set_title(title)
         if len(series) > 1 or next(iter(series)) is not None:
             axis.legend(fontsize="small")
+
+    def centroids(self, series, title="Information centroid during training"):
+        """Information centroid against epoch, one line per label ({label: (epochs,
+        values)})."""
+        self.lines(series, "epoch", "information centroid", title)
+
+    def grouped_bars(self, groups, ylabel, title=""):
+        """One group of bars per label ({label: {category: value}}), the categories of the
+        first group side by side in each, e.g. accuracy per evaluation per model."""
+        axis = next(self.axes)
+        categories = list(next(iter(groups.values())))
+        width = 0.8 / len(groups)
+        for index, (label, values) in enumerate(groups.items()):
+            axis.bar(np.arange(len(categories)) + index * width,
+                     [values[c] for c in categories], width, label=str(label))
+        axis.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.legend(fontsize="small")
 
     def heatmap(self, matrix, row_labels, column_labels, title="", xlabel="", ylabel=""):
         """A heat map of `matrix` [rows, columns], e.g. layer x timestep."""
