@@ -46,10 +46,12 @@ def test_fig1_records_the_monitor_and_the_estimator_of_each_checkpoint(root):
     assert record["centroid_by_epoch"]["centroid"] == [r["fisher/centroid"] for r in metrics]
     for epoch in SMOKE.measured_epochs:
         model, _ = checkpoints.load_model(checkpoint(root, "base", epoch))
-        fisher = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train), SMOKE.fisher_samples)
-        measured = record["fisher_at_epochs"][str(epoch)]
-        np.testing.assert_allclose(measured["fisher"], fisher.values, rtol=1e-5)
-        assert measured["centroid"] == pytest.approx(information_centroid(fisher.values))
+        for statistics in ("moving", "batch"):
+            fisher = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train),
+                                     SMOKE.fisher_samples, bn_statistics=statistics)
+            measured = record["fisher_at_epochs"][statistics][str(epoch)]
+            np.testing.assert_allclose(measured["fisher"], fisher.values, rtol=1e-5)
+            assert measured["centroid"] == pytest.approx(information_centroid(fisher.values))
 
 
 def test_fig2_and_fig3_reuse_the_base_run_and_measure_its_checkpoints(root, capfd):
@@ -64,9 +66,9 @@ def test_fig2_and_fig3_reuse_the_base_run_and_measure_its_checkpoints(root, capf
     assert windows["at_epochs"]["2"]["accuracy"] == pytest.approx(direct["accuracy"])
     per_block = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train), SMOKE.fisher_samples,
                                 per_layer=True).per_layer
-    assert blocks["at_epochs"]["2"]["blocks"] == list(per_block)
-    np.testing.assert_allclose(blocks["at_epochs"]["2"]["fisher"], list(per_block.values()),
-                               rtol=1e-5)
+    assert blocks["at_epochs"]["moving"]["2"]["blocks"] == list(per_block)
+    np.testing.assert_allclose(blocks["at_epochs"]["moving"]["2"]["fisher"],
+                               list(per_block.values()), rtol=1e-5)
 
 
 def test_fig4_redoes_only_a_deleted_run(root, capfd):

@@ -34,6 +34,7 @@ from tic_tf.callbacks import read_metrics
 from tic_tf.data import DataConfig, get_spec
 from tic_tf.errors import DataUnavailable, UserError
 from tic_tf.iterative_pruning import PruneConfig, prune
+from tic_tf.models import BN_STATISTICS
 from tic_tf.robustness import EvaluationConfig, evaluate
 from tic_tf.training import TrainConfig, check_run_dir, run_settings, train
 
@@ -172,14 +173,24 @@ def _checkpoints(run_dir, epochs):
     return tuple(os.path.join(run_dir, "checkpoints", f"epoch-{epoch:04d}") for epoch in epochs)
 
 
-def _analysis(context, run_dir, name, analyses, epochs):
+def _analysis(context, run_dir, name, analyses, epochs, bn_statistics="moving"):
     scale = context.scale
     config = AnalysisConfig(checkpoints=_checkpoints(run_dir, epochs),
                             output_dir=os.path.join(context.root, name),
                             data=context.sources.config(scale.base["data"]),
                             analyses=analyses, num_samples=scale.fisher_samples,
-                            eval_samples=scale.eval_samples, window=scale.window)
+                            eval_samples=scale.eval_samples, window=scale.window,
+                            bn_statistics=bn_statistics)
     return analyze(config)
+
+
+def _fisher_by_statistics(context, run_dir, name):
+    """Fisher rows of the measured epochs, per batch-norm statistics: the moving ones (as the
+    reference measures) and each batch's own (as in training), which differ where the
+    training and inference networks do (README, "Batch-norm and time")."""
+    return {mode: _analysis(context, run_dir, os.path.join(name, mode), ("fisher",),
+                            context.scale.measured_epochs, mode)["fisher"]
+            for mode in BN_STATISTICS}
 
 
 def _monitored(run_dir):
@@ -190,18 +201,19 @@ def _monitored(run_dir):
 
 
 def fig1(context, run_dirs):
-    scale, run_dir = context.scale, run_dirs["base"]
-    epochs, monitored = _monitored(run_dir)
-    rows = _analysis(context, run_dir, "fig1_analysis", ("fisher",),
-                     scale.measured_epochs)["fisher"]
+    epochs, monitored = _monitored(run_dirs["base"])
+    by_statistics = _fisher_by_statistics(context, run_dirs["base"], "fig1_analysis")
     result = {"centroid_by_epoch": {"epochs": epochs,
                                     "centroid": [r["fisher/centroid"] for r in monitored]},
-              "fisher_at_epochs": {str(r["epoch"]): {"fisher": r["fisher"],
-                                                     "centroid": r["centroid"]} for r in rows}}
-    figure = plots.Panels(2)
+              "fisher_at_epochs": {mode: {str(r["epoch"]): {"fisher": r["fisher"],
+                                                            "centroid": r["centroid"]}
+                                          for r in rows}
+                                   for mode, rows in by_statistics.items()}}
+    figure = plots.Panels(1 + len(by_statistics))
     figure.centroids({"monitor": (epochs, result["centroid_by_epoch"]["centroid"])})
-    figure.fisher_curves({f"epoch {e}": v["fisher"]
-                          for e, v in result["fisher_at_epochs"].items()})
+    for mode, rows in result["fisher_at_epochs"].items():
+        figure.fisher_curves({f"epoch {e}": v["fisher"] for e, v in rows.items()},
+                             title=f"I_t, {mode} batch-norm statistics")
     return result, figure
 
 
@@ -223,18 +235,20 @@ def fig2(context, run_dirs):
 
 
 def fig3(context, run_dirs):
-    rows = _analysis(context, run_dirs["base"], "fig3_analysis", ("fisher",),
-                     context.scale.measured_epochs)["fisher"]
+    by_statistics = _fisher_by_statistics(context, run_dirs["base"], "fig3_analysis")
     # Blocks as a list, in network order (JSON objects are written with sorted keys).
-    result = {"at_epochs": {str(r["epoch"]): {"blocks": list(r["per_layer"]),
-                                               "fisher": list(r["per_layer"].values())}
-                            for r in rows}}
-    figure = plots.Panels(len(rows))
-    for epoch, blocks in result["at_epochs"].items():
-        matrix = np.array(blocks["fisher"])
-        figure.heatmap(matrix / np.maximum(matrix.max(axis=1, keepdims=True), 1e-30),
-                       blocks["blocks"], range(1, matrix.shape[1] + 1), xlabel="timestep",
-                       title=f"epoch {epoch} (rows normalised)")
+    result = {"at_epochs": {mode: {str(r["epoch"]): {"blocks": list(r["per_layer"]),
+                                                     "fisher": list(r["per_layer"].values())}
+                                   for r in rows}
+                            for mode, rows in by_statistics.items()}}
+    figure = plots.Panels(len(context.scale.measured_epochs), rows=len(by_statistics))
+    for mode, at_epochs in result["at_epochs"].items():
+        for epoch, blocks in at_epochs.items():
+            matrix = np.array(blocks["fisher"])
+            figure.heatmap(matrix / np.maximum(matrix.max(axis=1, keepdims=True), 1e-30),
+                           blocks["blocks"], range(1, matrix.shape[1] + 1),
+                           xlabel="timestep", title=f"epoch {epoch}, {mode} statistics "
+                           "(rows normalised)")
     return result, figure
 
 

@@ -11,7 +11,8 @@ from tic_tf.atomic import partial_path
 
 
 class Panels:
-    """One figure of `count` panels side by side; each drawing method fills the next panel.
+    """One figure of `rows` x `count` panels; each drawing method fills the next panel, row
+    by row.
 
         figure = Panels(2)
         figure.centroids({"T=4": (epochs, ics)})
@@ -19,10 +20,9 @@ class Panels:
         figure.save("fig1.png")
     """
 
-    def __init__(self, count, panel_size=(5, 3.5)):
-        self.figure = Figure(figsize=(panel_size[0] * count, panel_size[1]))
-        axes = self.figure.subplots(1, count, squeeze=False)[0]
-        self.axes = iter(axes)
+    def __init__(self, count, panel_size=(5, 3.5), rows=1):
+        self.figure = Figure(figsize=(panel_size[0] * count, panel_size[1] * rows))
+        self.axes = iter(self.figure.subplots(rows, count, squeeze=False).flat)
 
     def fisher_curves(self, curves, title="Temporal Fisher information"):
         """I_t against t, one line per label in `curves` ({label: values})."""
