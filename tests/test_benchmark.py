@@ -1,6 +1,7 @@
 """The benchmark suite: its clocks and memory probe against known values, every figure
 written, and the dense ceiling network."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -75,11 +76,53 @@ def test_benchmark_writes_every_figure(tmp_path):
     report = json.loads(path.read_text())
     assert report["machine"]["cpus"] >= 1 and report["batch_size"] == 4
     (run,) = report["runs"]
-    assert set(run) == {"timesteps", "train_img_s", "infer_img_s", "ceiling_img_s",
-                        "fisher_curve_s", "pgd10_s_per_img", "pgd10_passes", "peak_memory_mb"}
+    assert set(run) == {"precision", "system", "timesteps", "train_img_s", "infer_img_s",
+                        "ceiling_img_s", "fisher_curve_s", "pgd10_s_per_img", "pgd10_passes",
+                        "peak_memory_mb"}
+    assert (run["precision"], run["system"]) == ("none", "tic_tf")
     assert run["infer_img_s"] > run["train_img_s"]  # a forward pass costs less than a step
-    assert "train_img_s_vs_reference" not in run  # settings differ from the reference's
-    assert "| T | train img/s |" in result.stdout
+    assert "| precision | T | system | train img/s |" in result.stdout
+
+
+FAKE_PEER = """import json, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+amp = args.pop("--amp")
+assert args == {"--width": "0.0625", "--timesteps": "2", "--batch": "4", "--fisher_n": "8",
+                "--reps": "1", "--step_mode": "m"}, args
+print("peer log line")
+print(json.dumps({"step_mode": "m", "train_img_s": {"none": 10.0, "bf16": 20.0}[amp],
+                  "infer_img_s": 40.0, "fisher_curve_s": 8.0}))
+"""
+
+
+def test_benchmark_times_the_peer_at_the_same_settings_and_divides(tmp_path):
+    """A stand-in peer that checks its arguments and reports fixed figures per precision:
+    the command passes it tic_tf's settings and the ratios are tic_tf's figures over those."""
+    (tmp_path / "ref_bench.py").write_text(FAKE_PEER)
+    ensure = tmp_path / "ensure-torchenv"
+    ensure.write_text(f"#!/bin/sh\necho installing >&2\necho {sys.executable}\n")
+    ensure.chmod(0o755)
+    path = tmp_path / "bench.json"
+    result = run_tool("benchmark", "--width=0.0625", "--timesteps=2", "--batch_size=4",
+                      "--train_steps=1", "--fisher_samples=8", "--repeats=1",
+                      "--skip=ceiling,pgd", "--batch_norm=shared",
+                      "--mixed_precision=none,bfloat16", f"--peer={tmp_path}", f"--json={path}")
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(path.read_text())["runs"]
+    assert [(r["precision"], r["system"]) for r in runs] == [
+        ("none", "tic_tf"), ("none", "peer, m-step"),
+        ("bfloat16", "tic_tf"), ("bfloat16", "peer, m-step")]
+    for ours, peer_train in ((runs[0], 10.0), (runs[2], 20.0)):
+        assert ours["train_img_s_vs_peer"] == pytest.approx(ours["train_img_s"] / peer_train)
+        assert ours["infer_img_s_vs_peer"] == pytest.approx(ours["infer_img_s"] / 40.0)
+        assert ours["fisher_curve_vs_peer"] == pytest.approx(8.0 / ours["fisher_curve_s"])
+    assert "| bfloat16 | 2 | peer, m-step | 20.0 | 40.0 |" in result.stdout
+
+
+def test_benchmark_refuses_a_peer_directory_without_the_peer(tmp_path):
+    result = run_tool("benchmark", f"--peer={tmp_path}")
+    assert result.returncode == 2
+    assert f"--peer={tmp_path} holds no ref_bench.py" in result.stderr
 
 
 def test_benchmark_refuses_unknown_figures(tmp_path):

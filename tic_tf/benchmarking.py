@@ -16,11 +16,15 @@ timed runs after an untimed warm-up, so compilation is excluded):
                    forward+backward (input-gradient) passes
   peak_memory_mb   peak memory of the training measurement (GPU: TensorFlow's allocator
                    peak; CPU: the process's peak resident set, reset before it on Linux)
-Figures for the paper's PyTorch reference on the 2-core CPU machine of this project (issue 7)
-are printed alongside as ratios when the settings match theirs.
+With `peer` (a directory holding the PyTorch peer's ref_bench.py and ensure-torchenv), the peer
+is timed right after tic_tf at the same width, T, batch, Fisher samples and precision, in the
+step mode of the same batch-norm semantics (single-step: statistics per timestep; multi-step:
+shared over time), and the table gains its rows and tic_tf's ratios to it.
 """
 import dataclasses
 import json
+import os
+import subprocess
 import time
 
 import keras
@@ -28,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.atomic import write_json
+from tic_tf.errors import UserError
 from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
@@ -35,10 +40,6 @@ from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_mo
                            set_precision)
 from tic_tf.options import check_choices, check_positive, integers, option, require, xla
 from tic_tf.timing import PeakMemory, machine, median_of, median_time
-
-# PyTorch 2.13 + SpikingJelly 2.0 reference on the project's 2-core CPU machine (issue 7):
-# ResNet19 width 1/4, batch 32, T -> (train images/s, inference images/s, Fisher 256 s).
-REFERENCE = {4: (41.5, 132.7, 17.8), 10: (14.6, 46.5, 118.7)}
 
 FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
 
@@ -63,17 +64,30 @@ class BenchmarkConfig:
                     "runs without: slower with it on CPU).")
     recompute: bool = option(False, "Recompute LIF membranes and spikes in the backward pass "
                              "(gradient checkpointing; see tic_tf.neurons).")
-    mixed_precision: str = option("none", "16-bit compute for every figure (bfloat16: CPUs "
-                                  "with AVX512-BF16/AMX).", choices=sorted(PRECISIONS))
+    mixed_precision: tuple = option(("none",), "Precisions to benchmark, each a separate run "
+                                    "of every figure: none (float32), bfloat16 (CPUs with "
+                                    "AVX512-BF16/AMX) or float16.", choices=sorted(PRECISIONS))
     skip: tuple = option((), "Figures to leave out: any of train, infer, ceiling, fisher, pgd.",
                          choices=FIGURES)
     json: str = option(None, "Also write the figures to this JSON file.", kind=str)
+    peer: str = option(None, "Directory of the PyTorch peer (ref_bench.py, ensure-torchenv), "
+                       "e.g. ../shared/peer: time it too, at the same settings.", kind=str)
 
     def __post_init__(self):
         check_choices(self)
         check_positive(self, "batch_size", "train_steps", "fisher_samples", "repeats")
         require(self.timesteps and all(t >= 1 for t in self.timesteps),
                 "--timesteps takes positive integers, e.g. 4,10.")
+        require(not self.peer or "float16" not in self.mixed_precision,
+                "The peer runs in float32 or bfloat16; leave float16 out of --mixed_precision "
+                "or drop --peer.")
+        require(not self.peer or self.arch == "resnet19",
+                "The peer is a ResNet19; pass --arch=resnet19 with --peer.")
+        if self.peer:
+            for name in PEER_FILES:
+                require(os.path.isfile(os.path.join(self.peer, name)),
+                        f"--peer={self.peer} holds no {name}; point it at the directory "
+                        "of the peer's ref_bench.py and ensure-torchenv.")
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -141,48 +155,102 @@ def bench(config, timesteps):
         one_pass = median_time(lambda: gradient(x, x, y).numpy(), config.repeats)
         figures["pgd10_s_per_img"] = attack / batch
         figures["pgd10_passes"] = attack / one_pass
-    reference = REFERENCE.get(timesteps)
-    if reference and config.arch == "resnet19" and config.width == 0.25 and batch == 32:
-        for key, value in zip(("train_img_s", "infer_img_s"), reference[:2]):
-            if key in figures:
-                figures[f"{key}_vs_reference"] = figures[key] / value
-        if "fisher_curve_s" in figures and config.fisher_samples == 256:
-            figures["fisher_curve_vs_reference"] = reference[2] / figures["fisher_curve_s"]
     return figures
+
+
+PEER_FILES = ("ref_bench.py", "ensure-torchenv")
+
+
+def peer_python(peer):
+    """The peer's Python, its environment made first if needed (once per machine)."""
+    print("Preparing the peer's environment (the first time, this installs PyTorch) ...",
+          flush=True)
+    made = subprocess.run([os.path.join(peer, "ensure-torchenv")], capture_output=True,
+                          text=True)
+    if made.returncode != 0 or not made.stdout.strip():
+        raise UserError(f"Could not make the peer's environment ({made.stderr.strip()[-300:]}"
+                        "); it needs the package registry once, to install PyTorch.")
+    return made.stdout.strip().splitlines()[-1]
+
+
+def peer_step_mode(batch_norm):
+    """The peer's step mode with the training semantics of `batch_norm`: multi-step mode
+    pools batch-norm statistics over time, single-step keeps them per timestep."""
+    return "m" if batch_norm == "shared" else "s"
+
+
+def bench_peer(config, python, timesteps, precision):
+    """The peer's figures at the settings of `config`, as tic_tf's figure names."""
+    command = [python, os.path.join(config.peer, "ref_bench.py"), "--width", str(config.width),
+               "--timesteps", str(timesteps), "--batch", str(config.batch_size),
+               "--fisher_n", "0" if "fisher" in config.skip else str(config.fisher_samples),
+               "--reps", str(config.repeats), "--step_mode", peer_step_mode(config.batch_norm),
+               "--amp", "bf16" if precision == "bfloat16" else "none"]
+    ran = subprocess.run(command, capture_output=True, text=True)
+    if ran.returncode != 0:
+        raise UserError(f"The peer failed: {' '.join(command)}\n{ran.stderr.strip()[-500:]}")
+    measured = json.loads(ran.stdout.strip().splitlines()[-1])
+    figures = {"timesteps": timesteps, "system": f"peer, {measured['step_mode']}-step",
+               "train_img_s": measured["train_img_s"], "infer_img_s": measured["infer_img_s"]}
+    if "fisher_curve_s" in measured:
+        figures["fisher_curve_s"] = measured["fisher_curve_s"]
+    return figures
+
+
+def add_ratios(ours, peer):
+    """tic_tf's speed-ups over the peer: throughput ratios, and the peer's Fisher time (its
+    batch approximation) over ours (the exact per-sample curve)."""
+    for key in ("train_img_s", "infer_img_s"):
+        ours[f"{key}_vs_peer"] = ours[key] / peer[key]
+    if "fisher_curve_s" in ours and "fisher_curve_s" in peer:
+        ours["fisher_curve_vs_peer"] = peer["fisher_curve_s"] / ours["fisher_curve_s"]
 
 
 COLUMNS = (("train_img_s", "train img/s", "{:.1f}"), ("infer_img_s", "infer img/s", "{:.1f}"),
            ("ceiling_img_s", "ceiling img/s", "{:.1f}"), ("fisher_curve_s", "Fisher s", "{:.1f}"),
            ("pgd10_s_per_img", "PGD-10 s/img", "{:.3f}"), ("pgd10_passes", "PGD passes", "{:.1f}"),
            ("peak_memory_mb", "peak MB", "{:.0f}"),
-           ("train_img_s_vs_reference", "train x ref", "{:.2f}"),
-           ("fisher_curve_vs_reference", "Fisher x ref", "{:.2f}"))
+           ("train_img_s_vs_peer", "train x peer", "{:.2f}"),
+           ("infer_img_s_vs_peer", "infer x peer", "{:.2f}"),
+           ("fisher_curve_vs_peer", "Fisher x peer", "{:.2f}"))
 
 
 def table(runs):
     shown = [c for c in COLUMNS if any(c[0] in run for run in runs)]
-    lines = ["| T | " + " | ".join(title for _, title, _ in shown) + " |",
-             "|---|" + "---|" * len(shown)]
+    lines = ["| precision | T | system | " + " | ".join(title for _, title, _ in shown) + " |",
+             "|---|---|---|" + "---|" * len(shown)]
     for run in runs:
         cells = [fmt.format(run[key]) if key in run else "-" for key, _, fmt in shown]
-        lines.append(f"| {run['timesteps']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {run['precision']} | {run['timesteps']} | {run['system']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def benchmark(config):
-    """Every figure of `config` for each of its T; returns them with the machine's details."""
-    set_precision(config.mixed_precision)
-    results = {"machine": machine(config.xla), "mixed_precision": config.mixed_precision,
-               "recompute": config.recompute, "batch_norm": config.batch_norm,
-               "arch": config.arch, "width": config.width,
+    """Every figure of `config` for each of its precisions and T (and the peer's, with
+    `peer`); returns them with the machine's details."""
+    python = peer_python(config.peer) if config.peer else None
+    results = {"machine": machine(config.xla), "recompute": config.recompute,
+               "batch_norm": config.batch_norm, "arch": config.arch, "width": config.width,
                "batch_size": config.batch_size, "fisher_samples": config.fisher_samples,
                "repeats": config.repeats, "runs": []}
-    for timesteps in config.timesteps:
-        print(f"Benchmarking T={timesteps} ...", flush=True)
-        results["runs"].append(bench(config, timesteps))
-        print(table(results["runs"][-1:]), flush=True)
-        if config.json:  # after every T, so a long run keeps what it measured
-            write_json(config.json, results)
+    for precision in config.mixed_precision:
+        set_precision(precision)
+        for timesteps in config.timesteps:
+            print(f"Benchmarking T={timesteps}, precision {precision} ...", flush=True)
+            runs = [{"precision": precision, "system": "tic_tf",
+                     **bench(config, timesteps)}]
+            if python:
+                print(f"Benchmarking the peer at T={timesteps}, precision {precision} ...",
+                      flush=True)
+                runs.append({"precision": precision,
+                             **bench_peer(config, python, timesteps, precision)})
+                add_ratios(*runs)
+            results["runs"] += runs
+            print(table(runs), flush=True)
+            if config.json:  # after every run, so a long benchmark keeps what it measured
+                write_json(config.json, results)
+    set_precision("none")
     print(json.dumps(results["machine"]))
     print(table(results["runs"]))
     return results
