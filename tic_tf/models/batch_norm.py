@@ -19,6 +19,8 @@ statistics treat time.
 Moments follow Keras' BatchNormalization: the biased variance, computed in float32 whatever
 the model's precision, all-reduced over replicas when `synchronized`.
 """
+import math
+
 import keras
 import tensorflow as tf
 
@@ -93,11 +95,30 @@ class TemporalBatchNorm(keras.layers.Layer):
             return tf.tile(mean[None], [timesteps, 1]), tf.tile(variance[None], [timesteps, 1])
         return self._rows(mean, timesteps), self._rows(variance, timesteps)
 
+    def _sum_per_time(self, values, over_replicas=True):
+        """Sums `[1, T, 1.., C]` of `[batch, T, ..., C]` values over batch and positions (and
+        replicas, when synchronized and `over_replicas`). Positions first, then the batch:
+        two reductions over contiguous axes run about 20x faster on CPU than one over the
+        non-adjacent ones."""
+        shape = values.shape
+        rows = tf.reshape(values, [-1, shape[1], math.prod(shape[2:-1]), shape[-1]])
+        sums = tf.reshape(tf.reduce_sum(tf.reduce_sum(rows, 2), 0),
+                          [1, shape[1]] + [1] * (len(shape) - 3) + [shape[-1]])
+        return self._all_sum(sums) if over_replicas else sums
+
+    def _moments(self, inputs):
+        """Per-timestep mean and biased variance `[1, T, 1.., C]` of float32 `inputs`, and the
+        count of values behind each."""
+        count = self._all_sum(tf.cast(tf.size(inputs) // (inputs.shape[1] * inputs.shape[-1]),
+                                      tf.float32))
+        mean = self._sum_per_time(inputs) / count
+        return mean, self._sum_per_time(tf.math.squared_difference(inputs, mean)) / count, count
+
     def batch_statistics(self, inputs):
         """Mean and biased variance of each timestep over batch and positions, `[T, C]`."""
-        rank = len(inputs.shape)
-        return keras.ops.moments(tf.cast(inputs, tf.float32), axes=[0, *range(2, rank - 1)],
-                                 synchronized=self.synchronized)
+        mean, variance, _ = self._moments(tf.cast(inputs, tf.float32))
+        return tf.reshape(mean, [inputs.shape[1], -1]), tf.reshape(variance,
+                                                                    [inputs.shape[1], -1])
 
     def standardize(self, inputs, mean, variance):
         """(inputs - mean) / sqrt(variance + eps) in float32, statistics `[T, C]`."""
@@ -107,11 +128,8 @@ class TemporalBatchNorm(keras.layers.Layer):
 
     def scale_and_shift(self, standardized):
         """gamma * standardized + beta, per timestep for "bntt"."""
-        if self.mode != "bntt":
-            return standardized * self.gamma + self.beta
-        timesteps, rank = standardized.shape[1], len(standardized.shape)
-        return (standardized * self._per_time(self._rows(self.gamma, timesteps), rank)
-                + self._per_time(self._rows(self.beta, timesteps), rank))
+        gamma, beta = self._gamma_and_beta(standardized.shape[1], len(standardized.shape))
+        return standardized * gamma + beta
 
     def _update_moving_statistics(self, mean, variance):
         timesteps = mean.shape[0]
@@ -129,15 +147,64 @@ class TemporalBatchNorm(keras.layers.Layer):
                 value = value * self.momentum + batch[t] * (1.0 - self.momentum)
             moving.assign(value)
 
+    def _all_sum(self, values):
+        """`values` summed over the replicas when synchronized (else themselves)."""
+        if not self.synchronized or not tf.distribute.get_replica_context():
+            return values
+        return tf.distribute.get_replica_context().all_reduce("sum", values)
+
+    def _normalize_in_training(self, inputs, gamma, beta):
+        """Training-mode batch-norm of float32 `inputs` with per-timestep batch moments, and
+        the moments `[1, T, 1.., C]`. Forward and backward are written out (the backward is
+        the closed form of batch-norm's gradient), each a few passes over the features: the
+        same values as differentiating the moments op by op, in about half the time."""
+        rank = len(inputs.shape)
+
+        @tf.custom_gradient
+        def normalize(x, gamma, beta):
+            mean, variance, count = self._moments(x)
+            inverse = tf.math.rsqrt(variance + self.epsilon)
+            scale = gamma * inverse
+            outputs = x * scale + (beta - mean * scale)
+
+            def gradient(upstream, *moment_gradients):  # the moments only feed the updates
+                # This replica's sums: its share of the scale and offset gradients.
+                upstream_sum = self._sum_per_time(upstream, over_replicas=False)
+                projection = (self._sum_per_time(upstream * x, over_replicas=False)
+                              - mean * upstream_sum) * inverse  # sum of upstream * x_hat
+                # Through the moments, every replica's inputs reach every output.
+                upstream_mean = self._all_sum(upstream_sum) / count
+                slope = scale * inverse * self._all_sum(projection) / count
+                return (upstream * scale - x * slope + (mean * slope - scale * upstream_mean),
+                        projection, upstream_sum)
+
+            return (outputs, mean, variance), gradient
+
+        shape = [1, inputs.shape[1]] + [1] * (rank - 3) + [inputs.shape[-1]]
+        return normalize(inputs, tf.broadcast_to(gamma, shape), tf.broadcast_to(beta, shape))
+
+    def _gamma_and_beta(self, timesteps, rank):
+        """Scale and offset, broadcastable against `[batch, T, ..., C]` inputs."""
+        if self.mode != "bntt":
+            return self.gamma, self.beta
+        return (self._per_time(self._rows(self.gamma, timesteps), rank),
+                self._per_time(self._rows(self.beta, timesteps), rank))
+
     def call(self, inputs, training=None):
         if inputs.shape[1] is None:
             raise ValueError("TemporalBatchNorm needs a static number of timesteps (axis 1).")
+        timesteps, rank = inputs.shape[1], len(inputs.shape)
+        inputs = tf.cast(inputs, tf.float32)
+        gamma, beta = self._gamma_and_beta(timesteps, rank)
         if training and self.trainable:
-            mean, variance = self.batch_statistics(inputs)
-            self._update_moving_statistics(mean, variance)
-        else:
-            mean, variance = self.inference_statistics(inputs.shape[1])
-        outputs = self.scale_and_shift(self.standardize(inputs, mean, variance))
+            outputs, mean, variance = self._normalize_in_training(inputs, gamma, beta)
+            self._update_moving_statistics(tf.reshape(mean, [timesteps, -1]),
+                                           tf.reshape(variance, [timesteps, -1]))
+        else:  # one multiply-add: the statistics and gamma, beta fold into scale and offset
+            mean, variance = (self._per_time(v, rank)
+                              for v in self.inference_statistics(timesteps))
+            scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+            outputs = inputs * scale + (beta - mean * scale)
         return tf.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
