@@ -4,6 +4,7 @@ the commands."""
 import json
 import re
 
+import keras
 import numpy as np
 import pytest
 
@@ -88,6 +89,19 @@ def test_pruning_from_python_halves_the_weights_and_keeps_them_at_zero(digits_ru
     assert zeros / sum(k.size for k in kernels) == pytest.approx(
         summary["tracks"][0]["rounds"][0]["sparsity"], abs=1e-6)
     assert summary["tracks"][0]["rounds"][0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_pruning_retrains_on_the_training_runs_subset(digits_run, tmp_path):
+    run_dir, _ = digits_run
+    prune(PruneConfig(checkpoint=str(run_dir), output_dir=str(tmp_path), rounds=1,
+                      retrain_epochs=2, retrain_timesteps=(2,), batch_size=32,
+                      train_examples=96, augment=False, verbose=0))
+    round_dir = str(tmp_path / "T2" / "round-01")
+    model, _ = checkpoints.load_model(round_dir)
+    optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.01, 6),
+                                     momentum=0.9, weight_decay=5e-4)  # as retraining made it
+    checkpoints.restore(round_dir, model, optimizer)
+    assert int(optimizer.iterations) == 2 * 96 // 32  # 2 epochs of 3 steps, not of 1,437 / 32
 
 
 @pytest.mark.parametrize("config, arguments, message", [

@@ -26,14 +26,15 @@ import tensorflow as tf
 from tic_tf import checkpoints, distribute, plots
 from tic_tf.atomic import write_json, write_text
 from tic_tf.compiled import cached
-from tic_tf.data import DataConfig, steps_per_epoch, to_unit_range, train_dataset
+from tic_tf.data import (DataConfig, first_examples, steps_per_epoch, to_unit_range,
+                         train_dataset)
 from tic_tf.distribute import DistributeConfig
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import with_timesteps
-from tic_tf.options import (check_choices, check_positive, eval_samples, nested, option,
-                            output_dir, require, seed, xla)
+from tic_tf.options import (augment, check_choices, check_positive, eval_samples, nested,
+                            option, output_dir, require, seed, train_examples, xla)
 from tic_tf.pruning import (PruningSummaries, overall_sparsity, prune_low_magnitude,
                             prune_to_sparsity, retraining_schedule)
 
@@ -71,6 +72,8 @@ class PruneConfig:
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(5e-4, "Weight decay.")
     batch_size: int = option(64, "Global batch size (split over the strategy's replicas).")
+    train_examples: int = train_examples(" while retraining: the training run's")
+    augment: bool = augment(" while retraining, as the training run did")
     eval_samples: int = eval_samples()
     seed: int = seed("the retraining data order")
     xla: bool = xla(False, "Slower on CPU.")
@@ -84,6 +87,7 @@ class PruneConfig:
         require(0.0 < self.auto_threshold < 1.0, "--auto_threshold must lie in (0, 1).")
         check_positive(self, "rounds", "retrain_epochs", "batch_size", "fisher_samples",
                        "eval_samples", "train_epochs")
+        require(self.train_examples >= 0, "--train_examples must be >= 0.")
         require(self.learning_rate > 0, "--learning_rate must be above 0.")
         require(len(self.retrain_timesteps) > 0,
                 "--retrain_timesteps needs at least one value.")
@@ -161,7 +165,7 @@ def run_track(config, strategy, source, model_config, retrain_timesteps, arrays,
         prune_to_sparsity(model, target, config.scope)
         data, _ = train_dataset(arrays.x_train, arrays.y_train, config.data.spec,
                                 config.batch_size, config.seed + 1000 * round_index, 0,
-                                config.retrain_epochs)
+                                config.retrain_epochs, config.augment)
         started = time.perf_counter()
         distribute.fit(model, strategy, data, config.retrain_epochs, 0, steps,
                        verbose=config.verbose, callbacks=[PruningSummaries(
@@ -232,7 +236,7 @@ def prune(config):
         if value != "auto":
             _check_timesteps(value, timesteps)
     train_epochs = config.train_epochs or _epoch_of(path)
-    arrays = config.data.load()
+    arrays = first_examples(config.data.load(), config.train_examples)
     source, _ = checkpoints.load_model(path)
     test = (to_unit_range(arrays.x_test[:config.eval_samples]),
             arrays.y_test[:config.eval_samples])
@@ -280,6 +284,7 @@ def summarise(config, summary, rounds_by_track, write_dir):
         "retrain_epochs": config.retrain_epochs,
         "retrain_timesteps": [str(v) for v in config.retrain_timesteps],
         "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+        "train_examples": config.train_examples, "augment": config.augment,
         "seed": config.seed}, tracks=tracks)
     write_json(os.path.join(write_dir, "results.json"), summary)
     write_text(os.path.join(write_dir, "results.md"), markdown(summary))

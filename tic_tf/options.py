@@ -104,6 +104,16 @@ def eval_samples():
     return option(None, "Test images to use (default all).", kind=int)
 
 
+def train_examples(note=""):
+    return option(0, "Train on the first this many training examples only (0: all)" + note
+                  + ".")
+
+
+def augment(note=""):
+    return option(True, "Random crop (pad 4) and, where the data set allows, horizontal flip "
+                  "of training images" + note + ".")
+
+
 def run_timesteps():
     return option(None, "Run the checkpoints at this T (default: the T they were trained "
                   "with).", kind=int)

@@ -28,8 +28,8 @@ from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
 from tic_tf.neurons import DEFAULT_SHARPNESS
-from tic_tf.options import (check_choices, check_positive, flat_dict, integers, nested, option,
-                            require)
+from tic_tf.options import (augment, check_choices, check_positive, flat_dict, integers, nested,
+                            option, require, train_examples)
 from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
@@ -78,12 +78,10 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "Weight decay (Keras' decoupled form).")
     batch_size: int = option(128, "Global batch size (split over the strategy's replicas).")
     epochs: int = option(300, "Number of training epochs.")
-    train_examples: int = option(0, "Train on the first this many training examples only "
-                                 "(0: all), a fixed subset for CPU-sized studies.")
+    train_examples: int = train_examples(", a fixed subset for CPU-sized studies")
     test_examples: int = option(0, "Evaluate on the first this many test examples only "
                                 "(0: all).")
-    augment: bool = option(True, "Random crop (pad 4) and, where the data set allows, "
-                           "horizontal flip of training images, as in the paper.")
+    augment: bool = augment(", as in the paper")
     seed: int = option(0, "Seed for initial weights, shuffling and augmentation.")
     model_dir: str = option(None, "Run directory (default runs/<dataset>-<arch>-T<T>).",
                             kind=str)
