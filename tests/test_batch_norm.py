@@ -87,32 +87,34 @@ def test_time_specific_equals_one_keras_batch_norm_per_timestep(shape, mode):
                                    reference.moving_variance.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def gradients(layer, x, weights, variables):
-    """d/d(x, variables) of sum(layer(x, training=True) * weights)."""
+def gradients(layer, x, weights, variables, training=True):
+    """d/d(x, variables) of sum(layer(x, training=training) * weights)."""
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32) * weights)
+        loss = tf.reduce_sum(tf.cast(layer(x, training=training), tf.float32) * weights)
     return [tf.convert_to_tensor(g) for g in tape.gradient(loss, [x, *variables])]
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("mode", ["per_timestep", "time_specific", "bntt"])
 @pytest.mark.parametrize("shape", [(4, 3, 8, 8, 16), (6, 4, 12)])
-def test_training_gradients_equal_keras_batch_norm_per_timestep(shape, mode):
-    """The written-out backward pass against autodiff through Keras' batch-norm, one call
-    per timestep: input, scale and offset gradients (summed over time where shared)."""
+def test_gradients_equal_keras_batch_norm_per_timestep(shape, mode, training):
+    """The written-out backward passes against autodiff through Keras' batch-norm, one call
+    per timestep, in training and in inference (as attacks and the Fisher estimator
+    differentiate): input, scale and offset gradients (summed over time where shared)."""
     x = spike_features(shape)
     weights = np.random.default_rng(2).normal(size=shape).astype(np.float32)
     ours = TemporalBatchNorm(mode, timesteps=shape[1], momentum=MOMENTUM, epsilon=EPSILON)
     ours.build(shape)
     randomised(ours)
-    d_x, d_gamma, d_beta = gradients(ours, x, weights, [ours.gamma, ours.beta])
+    d_x, d_gamma, d_beta = gradients(ours, x, weights, [ours.gamma, ours.beta], training)
     expected = []
     for t in range(shape[1]):
         reference = keras_bn(ours.get_weights() if mode == "per_timestep"
                              else per_timestep_weights(ours, t), len(shape) - 1)
         expected.append(gradients(reference, x[:, t], weights[:, t],
-                                  [reference.gamma, reference.beta]))
+                                  [reference.gamma, reference.beta], training))
     np.testing.assert_allclose(d_x, np.stack([e[0] for e in expected], 1), rtol=1e-4,
                                atol=1e-5)
     for ours_d, index in ((d_gamma, 1), (d_beta, 2)):

@@ -82,14 +82,75 @@ class LIFCell(keras.layers.Layer):
                 "surrogate_sharpness": self.surrogate_sharpness}
 
 
+def _lif_forward(inputs, tau, threshold):
+    """Spikes and membranes (before reset) `[batch, T, ...]` of LIF neurons driven by
+    `inputs`, as LIFCell computes them step by step (hard reset to 0)."""
+    decay = 1.0 - 1.0 / tau
+    membrane = tf.zeros_like(inputs[:, 0])
+    spikes, membranes = [], []
+    for t in range(inputs.shape[1]):
+        membrane = decay * membrane + inputs[:, t] / tau
+        fired = membrane >= threshold
+        spikes.append(tf.cast(fired, inputs.dtype))
+        membranes.append(membrane)
+        membrane = tf.where(fired, tf.zeros_like(membrane), membrane)
+    return tf.stack(spikes, 1), tf.stack(membranes, 1)
+
+
+def _lif_backward(upstream, membranes, tau, threshold, detach_reset, sharpness):
+    """Gradient of the inputs from that of the spikes: reverse mode through time written out,
+    the arctan surrogate standing for the step's derivative (LIFCell's gradient)."""
+    decay = 1.0 - 1.0 / tau
+    slopes = (sharpness / math.pi) / (1.0 + tf.square(sharpness * (membranes - threshold)))
+    fired = membranes >= threshold
+    carried = tf.zeros_like(upstream[:, 0])  # gradient of the membrane kept after step t
+    gradients = []
+    for t in reversed(range(upstream.shape[1])):
+        # kept = membrane * (1 - spike): 0 where the neuron fired; through the spike too
+        # unless the reset is detached.
+        membrane = (upstream[:, t] * slopes[:, t]
+                    + tf.where(fired[:, t], tf.zeros_like(carried), carried))
+        if not detach_reset:
+            membrane -= membranes[:, t] * slopes[:, t] * carried
+        gradients.append(membrane / tau)
+        carried = decay * membrane
+    return tf.stack(gradients[::-1], 1)
+
+
+# Each compiled into one fused loop (about 4x faster than one op per step on CPU here).
+_LIF_FORWARD = tf.function(_lif_forward, jit_compile=True)
+_LIF_BACKWARD = tf.function(_lif_backward, jit_compile=True)
+
+
+def lif_spikes(inputs, tau=2.0, threshold=1.0, detach_reset=True,
+               surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
+    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by float32 `inputs`, forward and
+    backward each one XLA-compiled loop over time. The backward pass keeps the membranes, or
+    with `recompute` only the inputs, recomputing the membranes (less memory, one more
+    forward)."""
+    @tf.custom_gradient
+    def run(inputs):
+        spikes, membranes = _LIF_FORWARD(inputs, tau, threshold)
+
+        def gradient(upstream):
+            kept = _LIF_FORWARD(inputs, tau, threshold)[1] if recompute else membranes
+            return _LIF_BACKWARD(upstream, kept, tau, threshold, detach_reset,
+                                 surrogate_sharpness)
+
+        return spikes, gradient
+
+    return run(inputs)
+
+
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIF(keras.layers.Layer):
-    """Runs a LIFCell over the time axis of `[batch, time, ...]` inputs; returns spikes.
+    """Runs LIF neurons (a LIFCell's parameters) over the time axis of `[batch, time, ...]`
+    inputs; returns spikes, through `lif_spikes`.
 
     It computes in float32 even under a mixed-precision policy: a bfloat16 membrane (8 bits
     of mantissa) would blur the threshold crossing and the surrogate gradient near it.
-    With `recompute`, it keeps only its input for the backward pass and recomputes membranes
-    and spikes there (gradient checkpointing): less memory for long T, one more LIF forward
+    With `recompute`, it keeps only its input for the backward pass and recomputes the
+    membranes there (gradient checkpointing): less memory for long T, one more LIF forward
     pass per training step, the same values.
     """
 
@@ -105,20 +166,11 @@ class LIF(keras.layers.Layer):
         self.cell.build((input_shape[0], *input_shape[2:]))
 
     def call(self, inputs):
-        timesteps = inputs.shape[1]
-        if timesteps is None:
+        if inputs.shape[1] is None:
             raise ValueError("LIF needs a static number of timesteps (axis 1 of the input).")
-        return tf.recompute_grad(self._loop)(inputs) if self.recompute else self._loop(inputs)
-
-    def _loop(self, inputs):
-        # Only the membrane is carried between timesteps; the loop is unrolled at trace time.
-        per_step = tf.unstack(inputs, axis=1)
-        state = [tf.zeros_like(per_step[0])]  # the membrane, shaped like one step of input
-        outputs = []
-        for current in per_step:
-            out, state = self.cell(current, state)
-            outputs.append(out)
-        return tf.stack(outputs, axis=1)
+        cell = self.cell
+        return lif_spikes(inputs, cell.tau, cell.threshold, cell.detach_reset,
+                          cell.surrogate_sharpness, self.recompute)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -31,6 +31,12 @@ _PER_TIMESTEP_STATISTICS = ("time_specific", "bntt")  # moving statistics kept p
 BN_STATISTICS = ("moving", "batch")
 
 
+# Elementwise passes over the features, each compiled into one fused loop: on CPU about 2x
+# faster than TensorFlow's one kernel per operation.
+_AFFINE = tf.function(lambda x, scale, shift: x * scale + shift, jit_compile=True)
+_TWO_TERMS = tf.function(lambda u, a, x, b, c: u * a + x * b + c, jit_compile=True)
+
+
 def check_batch_norm_mode(mode):
     """A ValueError naming the choices unless `mode` is one of BATCH_NORM_MODES."""
     if mode not in BATCH_NORM_MODES:
@@ -165,7 +171,7 @@ class TemporalBatchNorm(keras.layers.Layer):
             mean, variance, count = self._moments(x)
             inverse = tf.math.rsqrt(variance + self.epsilon)
             scale = gamma * inverse
-            outputs = x * scale + (beta - mean * scale)
+            outputs = _AFFINE(x, scale, beta - mean * scale)
 
             def gradient(upstream, *moment_gradients):  # the moments only feed the updates
                 # This replica's sums: its share of the scale and offset gradients.
@@ -175,7 +181,8 @@ class TemporalBatchNorm(keras.layers.Layer):
                 # Through the moments, every replica's inputs reach every output.
                 upstream_mean = self._all_sum(upstream_sum) / count
                 slope = scale * inverse * self._all_sum(projection) / count
-                return (upstream * scale - x * slope + (mean * slope - scale * upstream_mean),
+                return (_TWO_TERMS(upstream, scale, x, -slope,
+                                   mean * slope - scale * upstream_mean),
                         projection, upstream_sum)
 
             return (outputs, mean, variance), gradient
@@ -204,8 +211,22 @@ class TemporalBatchNorm(keras.layers.Layer):
             mean, variance = (self._per_time(v, rank)
                               for v in self.inference_statistics(timesteps))
             scale = gamma * tf.math.rsqrt(variance + self.epsilon)
-            outputs = inputs * scale + (beta - mean * scale)
+            outputs = self._affine(inputs, scale, beta - mean * scale)
         return tf.cast(outputs, self.compute_dtype)
+
+    def _affine(self, inputs, scale, shift):
+        """inputs * scale + shift for per-timestep `[1, T, 1.., C]` scale and shift, with the
+        gradient written out (autodiff would reduce over the non-adjacent axes, see
+        `_sum_per_time`), as attacks and the Fisher estimator differentiate in inference."""
+        @tf.custom_gradient
+        def affine(x, scale, shift):
+            def gradient(upstream):
+                return (upstream * scale,
+                        self._sum_per_time(upstream * x, over_replicas=False),
+                        self._sum_per_time(upstream, over_replicas=False))
+            return _AFFINE(x, scale, shift), gradient
+
+        return affine(inputs, scale, shift)
 
     def compute_output_shape(self, input_shape):
         return input_shape
