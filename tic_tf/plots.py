@@ -21,7 +21,8 @@ class Panels:
     """
 
     def __init__(self, count, panel_size=(5, 3.5), rows=1):
-        self.figure = Figure(figsize=(panel_size[0] * count, panel_size[1] * rows))
+        self.figure = Figure(figsize=(panel_size[0] * count, panel_size[1] * rows),
+                             layout="constrained")  # no title overlaps the row above
         self.axes = iter(self.figure.subplots(rows, count, squeeze=False).flat)
 
     def fisher_curves(self, curves, title="Temporal Fisher information"):
