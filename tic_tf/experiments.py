@@ -49,6 +49,7 @@ class Scale:
     window: int  # noisy timesteps of fig2
     sweeps: dict  # fig4: factor -> values, each a TrainConfig field ("dataset": a DataConfig)
     alphas: tuple  # fig5 and table1: low, intermediate and high alpha of the alpha loss
+    evaluation: dict  # table1: EvaluationConfig fields beyond the paper's defaults
     pruning: dict  # fig7: PruneConfig fields
     pruned: tuple  # fig7: the base run with each of these changes (a dict each) is pruned
 
@@ -63,6 +64,7 @@ SCALES = {
                   fisher_every=1, fisher_samples=16, export=False, verbose=0),
         measured_epochs=(1, 2), fisher_samples=16, eval_samples=64, window=2,
         sweeps={"timesteps": (2, 3), "arch": ("alexnet",)}, alphas=(1e-3, 2.2),
+        evaluation=dict(xla=False),  # compiling the attacks would take longer than they run
         pruning=dict(rounds=2, retrain_epochs=1, retrain_timesteps=(3, 2, "auto"),
                      batch_size=128, fisher_samples=16, verbose=0),
         pruned=({},)),
@@ -76,7 +78,7 @@ SCALES = {
         measured_epochs=(3, 30, 150), fisher_samples=128, eval_samples=1000, window=2,
         sweeps={"timesteps": (4, 6, 8), "tau": (0.75, 2.0, 4.0),
                 "arch": ("alexnet", "resnet19")},
-        alphas=(1e-3, 1e-2, 7e-2),  # the paper's CIFAR-10 alphas
+        alphas=(1e-3, 1e-2, 7e-2), evaluation={},  # the paper's CIFAR-10 alphas
         # N_retrain / N = 10 / 150 (the paper: 60 / 300), to fit the four tracks in an hour;
         # retraining on the base run's 1,024 images, without augmentation, as it trained.
         pruning=dict(rounds=5, retrain_epochs=10, retrain_timesteps=(4, 3, 2, "auto"),
@@ -94,7 +96,7 @@ SCALES = {
                 "learning_rate": (3e-2, 8e-2, 3e-1, 8e-1), "weight_decay": (1e-4, 5e-4, 1e-3),
                 "dataset": ("cifar10", "svhn", "fashion_mnist"),
                 "arch": ("alexnet", "resnet19", "resnet34")},
-        alphas=(1e-3, 1e-2, 7e-2),
+        alphas=(1e-3, 1e-2, 7e-2), evaluation={},
         # The paper's pruning: p = 50%, R = 5, N_retrain = 60, from a T = 5 model.
         pruning=dict(rounds=5, retrain_epochs=60, retrain_timesteps=(5, 4, 3, 2, "auto"),
                      learning_rate=0.01, batch_size=128, fisher_samples=256, verbose=2),
@@ -331,7 +333,8 @@ def table1(context, run_dirs):
     rows = evaluate(EvaluationConfig(
         checkpoints=tuple(run_dirs.values()), output_dir=os.path.join(context.root,
                                                                       "table1_evaluation"),
-        data=context.sources.config(scale.base["data"]), eval_samples=scale.eval_samples))
+        data=context.sources.config(scale.base["data"]), eval_samples=scale.eval_samples,
+        **scale.evaluation))
     result = {name: {"checkpoint": row["checkpoint"], "accuracy": row["accuracy"]}
               for name, row in zip(run_dirs, rows)}
     figure = plots.Panels(1)
