@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from conftest import run_tool
 from tic_tf import timing
-from tic_tf.benchmarking import StepTimer
+from tic_tf.benchmarking import StepTimer, add_ratios
 from tic_tf.models import build_model, lif_layers, relu_twin, run_layers, with_timesteps
 
 
@@ -117,6 +117,13 @@ def test_benchmark_times_the_peer_at_the_same_settings_and_divides(tmp_path):
         assert ours["infer_img_s_vs_peer"] == pytest.approx(ours["infer_img_s"] / 40.0)
         assert ours["fisher_curve_vs_peer"] == pytest.approx(8.0 / ours["fisher_curve_s"])
     assert "| bfloat16 | 2 | peer, m-step | 20.0 | 40.0 |" in result.stdout
+
+
+def test_ratios_to_the_peer_cover_only_the_figures_measured():
+    """With --skip=train,infer only the Fisher curve is compared (the peer measures all)."""
+    ours = {"fisher_curve_s": 4.0}
+    add_ratios(ours, {"train_img_s": 10.0, "infer_img_s": 40.0, "fisher_curve_s": 6.0})
+    assert ours == {"fisher_curve_s": 4.0, "fisher_curve_vs_peer": 1.5}
 
 
 def test_benchmark_refuses_a_peer_directory_without_the_peer(tmp_path):

@@ -201,7 +201,8 @@ def add_ratios(ours, peer):
     """tic_tf's speed-ups over the peer: throughput ratios, and the peer's Fisher time (its
     batch approximation) over ours (the exact per-sample curve)."""
     for key in ("train_img_s", "infer_img_s"):
-        ours[f"{key}_vs_peer"] = ours[key] / peer[key]
+        if key in ours:  # not with --skip=train / infer (the peer always measures them)
+            ours[f"{key}_vs_peer"] = ours[key] / peer[key]
     if "fisher_curve_s" in ours and "fisher_curve_s" in peer:
         ours["fisher_curve_vs_peer"] = peer["fisher_curve_s"] / ours["fisher_curve_s"]
 
