@@ -128,7 +128,7 @@ def _sum_sq_products(inputs, delta):
 
     Whichever is cheaper: the explicit per-sample product (P a b per sample) or the Gram
     identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (P^2 (a + b) per sample), which wins for
-    a Dense layer's few positions (its timesteps) and many features.
+    small feature maps with many channels.
     """
     positions, a, b = inputs.shape[1], inputs.shape[2], delta.shape[2]
     if positions * (a + b) < a * b:
@@ -137,31 +137,17 @@ def _sum_sq_products(inputs, delta):
     return tf.reduce_sum(tf.square(tf.matmul(inputs, delta, transpose_a=True)))
 
 
-def _conv_sq_norm(layer, layer_input, delta):
-    """sum_n ||per-sample gradient of the convolution's kernel||^2, from its input and output
-    gradient `[n, frames..., H, W, C]` (frames: the timesteps, or none for the stem).
-
-    Each sample's kernel gradient is the backward-filter convolution over its own frames,
-    vectorised over samples: on a [32, 10, 32, 32, 32] map 19 ms against 93 ms for image
-    patches times output gradients, and without the patches' nine times the input's memory."""
-    if layer.kernel_size == (1, 1):
-        # A strided 1x1 kernel reads every stride-th pixel: a plain product, and a way round
-        # TF 2.21's oneDNN backward-filter, which corrupts the heap for that case on one image.
-        step_y, step_x = layer.strides
-        return _sum_sq_products(_sample_major(layer_input[..., ::step_y, ::step_x, :]),
-                                _sample_major(delta))
-
-    def frames(tensor):
-        return tf.reshape(tensor, [-1, int(np.prod(tensor.shape[1:-3])), *tensor.shape[-3:]])
-
-    def kernel_gradient(sample):
-        return tf.compat.v1.nn.conv2d_backprop_filter(
-            sample[0], layer.kernel.shape, sample[1], strides=[1, *layer.strides, 1],
-            padding=layer.padding.upper(), dilations=[1, *layer.dilation_rate, 1])
-
-    gradients = tf.vectorized_map(kernel_gradient, (frames(layer_input), frames(delta)),
-                                  fallback_to_while_loop=False)
-    return tf.reduce_sum(tf.square(gradients))
+def _layer_rows(layer, layer_input):
+    """The layer's input as `[batch, positions, features]` whose product with the output
+    gradient `[batch, positions, out]` is the weight gradient (patches for convolutions)."""
+    if not isinstance(layer, keras.layers.Conv2D):
+        return _sample_major(layer_input)
+    images = tf.reshape(layer_input, [-1, *layer_input.shape[-3:]])
+    patches = tf.image.extract_patches(
+        images, sizes=[1, *layer.kernel_size, 1], strides=[1, *layer.strides, 1],
+        rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
+    positions = int(np.prod(layer_input.shape[1:-3])) * patches.shape[1] * patches.shape[2]
+    return tf.reshape(patches, [-1, positions, patches.shape[-1]])
 
 
 def _statistics(layer, layer_input, bn_statistics, moment_gradients=False):
@@ -212,12 +198,13 @@ def _batch_norm_substitutes(layers, bn_statistics, moment_gradients=False):
             if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))}
 
 
-def _bn_features(spec, layer_input, bn_statistics, live_steps):
-    """A batch-norm's normalised input `[batch, positions, C]` (float32) over the first
-    `live_steps` timesteps, what its scale's per-sample gradient multiplies with the output
-    gradient. Statistics shared over time depend on every timestep: standardise, then slice."""
-    features = _standardized(spec.layer, layer_input, bn_statistics)
-    return _sample_major(features[:, :live_steps] if _is_time_major(spec.node) else features)
+def _layer_features(spec, layer_input, bn_statistics):
+    """What the per-sample gradient of the layer's parameters multiplies with the output
+    gradient, `[batch, positions, features]`: the input rows (patches for convolutions) or,
+    for batch-norm, the normalised input. Always float32, whatever the model's precision."""
+    if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
+        return _sample_major(_standardized(spec.layer, layer_input, bn_statistics))
+    return _layer_rows(spec.layer, tf.cast(layer_input, tf.float32))
 
 
 def _is_time_major(node):
@@ -232,7 +219,7 @@ def _sq_norm_of_sums(layer, terms, timesteps):
     acts on: all of them, or for "bntt" those of its own timestep (the last one's parameters
     also act on every timestep beyond those kept)."""
     if layer.mode != "bntt":
-        return _sum_over_positions_sq(terms)
+        return tf.reduce_sum(tf.square(tf.reduce_sum(terms, 1)))
     per_step = tf.reduce_sum(tf.reshape(terms, [-1, timesteps, terms.shape[1] // timesteps,
                                                 terms.shape[2]]), 2)
     kept = layer.timesteps
@@ -242,41 +229,31 @@ def _sq_norm_of_sums(layer, terms, timesteps):
     return tf.reduce_sum(tf.square(per_step))
 
 
-def _layer_sq_norm(spec, layer_input, delta, live_steps, bn_statistics):
+def _layer_sq_norm(spec, features, delta, live_steps):
     """sum over samples of ||per-sample gradient of L_t w.r.t. this layer's parameters||^2.
 
-    delta is the gradient of L_t (summed over samples) at the layer's output. L_t cannot
-    depend on timesteps after t, so a time-major layer only needs its first `live_steps` = t
-    timesteps; the stem runs once and feeds every timestep. Computed in float32, whatever
-    the model's precision.
+    features come from `_layer_features`; delta is the gradient of L_t (summed over samples)
+    at the layer's output. L_t cannot depend on timesteps after t, so a time-folded layer
+    (positions time-major) only needs its first `live_steps` = t timesteps; the stem runs
+    once and feeds every timestep.
     """
     layer = spec.layer
-    delta = tf.cast(delta, tf.float32)
+    rows = _sample_major(tf.cast(delta, tf.float32))
     if _is_time_major(spec.node):
-        delta = delta[:, :live_steps]
-    rows = _sample_major(delta)
-    if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
-        features = _bn_features(spec, layer_input, bn_statistics, live_steps)
-        if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
-            return (_sq_norm_of_sums(layer, rows, live_steps)
-                    + _sq_norm_of_sums(layer, rows * features, live_steps))
-        total = _sum_over_positions_sq(rows) if layer.center else 0.0
+        timesteps = delta.shape[1]
+        rows = rows[:, :rows.shape[1] * live_steps // timesteps]
+        features = features[:, :features.shape[1] * live_steps // timesteps]
+    if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
+        return (_sq_norm_of_sums(layer, rows, live_steps)
+                + _sq_norm_of_sums(layer, rows * features, live_steps))
+    bias_sum = tf.reduce_sum(tf.square(tf.reduce_sum(rows, 1)))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        total = bias_sum if layer.center else 0.0
         if layer.scale:
-            total += _sum_over_positions_sq(rows * features)
+            total += tf.reduce_sum(tf.square(tf.reduce_sum(rows * features, 1)))
         return total
-    layer_input = tf.cast(layer_input, tf.float32)
-    if _is_time_major(spec.node):
-        layer_input = layer_input[:, :live_steps]
-    if isinstance(layer, keras.layers.Conv2D):
-        total = _conv_sq_norm(layer, layer_input, delta)
-    else:
-        total = _sum_sq_products(_sample_major(layer_input), rows)
-    return total + _sum_over_positions_sq(rows) if layer.use_bias else total
-
-
-def _sum_over_positions_sq(terms):
-    """sum_n ||sum_positions terms_n||^2 for `[n, positions, C]`: a bias-like parameter's."""
-    return tf.reduce_sum(tf.square(tf.reduce_sum(terms, 1)))
+    total = _sum_sq_products(features, rows)
+    return total + bias_sum if layer.use_bias else total
 
 
 class _ExactFisher:
@@ -306,6 +283,8 @@ class _ExactFisher:
             # Summed over samples: samples are independent, so the gradient at each sample's
             # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
             loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
+        features = [_layer_features(spec, x, self.bn_statistics)
+                    for spec, x in zip(self.layers, inputs)]
         per_t, previous = [], []
         for t, loss in enumerate(loss_per_t):
             # At most two t in flight: unordered, all T sets of output gradients would be live
@@ -314,12 +293,8 @@ class _ExactFisher:
                 deltas = tape.gradient(loss, list(outputs),
                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 per_block = [0.0] * len(self.blocks)
-                for spec, layer_input, delta in zip(self.layers, inputs, deltas):
-                    # Not before its delta: the slices and normalised inputs of every layer,
-                    # made at once, would double the peak memory (6 GB against 2.7 at T=10).
-                    with tf.control_dependencies([delta]):
-                        per_block[spec.block] += _layer_sq_norm(
-                            spec, layer_input, delta, t + 1, self.bn_statistics)
+                for spec, feature, delta in zip(self.layers, features, deltas):
+                    per_block[spec.block] += _layer_sq_norm(spec, feature, delta, t + 1)
             per_t.append(tf.stack(per_block))
             previous = per_t[-2:-1]
         return tf.stack(per_t, axis=1)  # [blocks, T]
