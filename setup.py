@@ -24,8 +24,8 @@ setup(
         # TFDS data sets (svhn, cifar10 without --data_file, ...); the default digits need none,
         # and the tests of the TFDS path run only where it is installed.
         "tfds": ["tensorflow-datasets>=4.9"],
-        # pytest-xdist: the README runs the suite on two processes (most of a test is one-threaded
-        # graph tracing, so two cores halve the wall time).
+        # pytest-xdist: the README runs the suite on two processes, one test file each (a
+        # file's tests share fixtures in order); most of a test is one-threaded graph tracing.
         "test": ["pytest>=7", "pytest-xdist>=3"],
     },
     entry_points={
