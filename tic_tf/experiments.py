@@ -49,9 +49,10 @@ class Scale:
     window: int  # noisy timesteps of fig2
     sweeps: dict  # fig4: factor -> values, each a TrainConfig field ("dataset": a DataConfig)
     alphas: tuple  # fig5 and table1: low, intermediate and high alpha of the alpha loss
-    evaluation: dict  # table1: EvaluationConfig fields beyond the paper's defaults
     pruning: dict  # fig7: PruneConfig fields
     pruned: tuple  # fig7: the base run with each of these changes (a dict each) is pruned
+    # table1: EvaluationConfig fields beyond the paper's defaults
+    evaluation: dict = dataclasses.field(default_factory=dict)
 
 
 FASHION_MNIST = dict(dataset="fashion_mnist", data_file="../shared/data/fashion_mnist.npz")
@@ -78,7 +79,7 @@ SCALES = {
         measured_epochs=(3, 30, 150), fisher_samples=128, eval_samples=1000, window=2,
         sweeps={"timesteps": (4, 6, 8), "tau": (0.75, 2.0, 4.0),
                 "arch": ("alexnet", "resnet19")},
-        alphas=(1e-3, 1e-2, 7e-2), evaluation={},  # the paper's CIFAR-10 alphas
+        alphas=(1e-3, 1e-2, 7e-2),  # the paper's CIFAR-10 alphas
         # N_retrain / N = 10 / 150 (the paper: 60 / 300), to fit the four tracks in an hour;
         # retraining on the base run's 1,024 images, without augmentation, as it trained.
         pruning=dict(rounds=5, retrain_epochs=10, retrain_timesteps=(4, 3, 2, "auto"),
@@ -96,7 +97,7 @@ SCALES = {
                 "learning_rate": (3e-2, 8e-2, 3e-1, 8e-1), "weight_decay": (1e-4, 5e-4, 1e-3),
                 "dataset": ("cifar10", "svhn", "fashion_mnist"),
                 "arch": ("alexnet", "resnet19", "resnet34")},
-        alphas=(1e-3, 1e-2, 7e-2), evaluation={},
+        alphas=(1e-3, 1e-2, 7e-2),
         # The paper's pruning: p = 50%, R = 5, N_retrain = 60, from a T = 5 model.
         pruning=dict(rounds=5, retrain_epochs=60, retrain_timesteps=(5, 4, 3, 2, "auto"),
                      learning_rate=0.01, batch_size=128, fisher_samples=256, verbose=2),
