@@ -11,7 +11,7 @@ from tic_tf.attacks import fgsm
 from tic_tf.callbacks import read_metrics
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.errors import UserError
-from tic_tf.experiments import SCALES, DataSources, run_experiment
+from tic_tf.experiments import SCALES, DataSources, fig4_runs, run_experiment
 from tic_tf.fisher import information_centroid, temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import with_timesteps
@@ -83,6 +83,12 @@ def test_fig4_redoes_only_a_deleted_run(root, capfd):
     out = capfd.readouterr().out
     assert "timesteps=2: trained in" in out and "base: already trained, skipped." in out
     assert read(root, "fig4")["timesteps"]["2"] == record["timesteps"]["2"]  # seeded
+
+
+def test_a_sweep_value_the_base_run_trains_with_by_default_is_the_base_run():
+    # The cpu scale's base run leaves tau at TrainConfig's 2.0 and names resnet19.
+    assert list(fig4_runs(SCALES["cpu"])) == ["base", "timesteps=6", "timesteps=8", "tau=0.75",
+                                              "tau=4", "arch=alexnet"]
 
 
 def predicted_accuracy(model, images, labels):

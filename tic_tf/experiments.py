@@ -261,6 +261,10 @@ def _name(factor, value):
     return f"{factor}={value:g}" if isinstance(value, float) else f"{factor}={value}"
 
 
+# What a field the base run leaves out trains with: a sweep value equal to it is the base run.
+_TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+
 def _variant(scale, **changes):
     """(name, settings) of the base run with TrainConfig fields (or the data set, "dataset")
     changed as in `changes`: the base run itself if those are its settings."""
@@ -270,7 +274,7 @@ def _variant(scale, **changes):
         if factor == "dataset":
             current, settings["data"] = settings["data"]["dataset"], {"dataset": value}
         else:
-            current, settings[factor] = settings.get(factor), value
+            current, settings[factor] = settings.get(factor, _TRAIN_DEFAULTS.get(factor)), value
         if value != current:
             changed[factor] = value
     if not changed:
