@@ -4,7 +4,9 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
-from tic_tf.models import build_model, lif_layers, set_precision, timesteps_of, with_timesteps
+from tic_tf.models import (TemporalBatchNorm, build_model, lif_layers, set_precision,
+                           timesteps_of, with_timesteps)
+from tic_tf.models.stepwise import run_timesteps
 
 
 def trainable_count(model):
@@ -43,6 +45,44 @@ def test_same_weights_run_at_any_number_of_timesteps():
     # A spiking network is causal: the first two timesteps cannot depend on later ones.
     np.testing.assert_allclose(long_out[:, :2], short_out, atol=1e-5)
     assert np.abs(long_out[:, 2:] - long_out[:, 1:2]).max() > 1e-3  # later steps differ
+
+
+def firing_model(arch, batch_norm, timesteps=3, shape=(28, 28, 1)):
+    """A tiny model whose layers fire, with batch-norm statistics (and for "bntt" scales and
+    offsets) that differ between timesteps."""
+    keras.utils.set_random_seed(0)
+    model = build_model(arch, 5, timesteps, shape, width=1 / 16, batch_norm=batch_norm)
+    rng = np.random.default_rng(1)
+    for variable in model.weights:
+        draws = {"moving_variance": rng.uniform(0.01, 0.1, variable.shape),
+                 "moving_mean": rng.normal(0, 0.1, variable.shape),
+                 "gamma": rng.uniform(0.5, 1.5, variable.shape),
+                 "beta": rng.normal(0.5, 0.5, variable.shape)}
+        name = variable.path.split("/")[-1]
+        if name in draws:
+            variable.assign(draws[name])
+    return model
+
+
+@pytest.mark.parametrize("arch, batch_norm, beyond", [
+    ("resnet19", "per_timestep", False), ("resnet19", "shared", False),
+    ("resnet19", "time_specific", True), ("vgg16", "bntt", True), ("alexnet", "bntt", False)])
+def test_run_timesteps_computes_the_model_one_timestep_at_a_time(arch, batch_norm, beyond):
+    model = firing_model(arch, batch_norm)
+    if beyond:  # per-timestep statistics beyond the kept ones: the last one's
+        model = with_timesteps(model, 5)
+    images = np.random.default_rng(2).random((4, 28, 28, 1), dtype=np.float32)
+    expected = model(images, training=False).numpy()
+    logits, records = run_timesteps(model, tf.constant(images),
+                                    record=[model.get_layer("stem_conv"),
+                                            lif_layers(model)[-1]])
+    assert len(logits) == timesteps_of(model) and all(l.shape == (4, 1, 5) for l in logits)
+    np.testing.assert_array_equal(np.concatenate(logits, 1), expected)
+    assert np.abs(expected[:, 0] - expected[:, -1]).max() > 0.1  # timesteps differ
+    # The stem runs once; each timestep's spikes are the layer's output at that timestep.
+    assert all(steps[0][1] is records[0][0][1] for steps in records)
+    spikes = keras.Model(model.input, lif_layers(model)[-1].output)(images).numpy()
+    np.testing.assert_array_equal(np.concatenate([steps[1][1] for steps in records], 1), spikes)
 
 
 def test_normalisation_inside_model_uses_dataset_statistics():

@@ -183,3 +183,30 @@ def test_recomputed_states_give_the_stored_states_values():
     np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-5, atol=1e-5)
     for a, b in zip(plain_grads, fast_grads):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_run_in_pieces_has_the_whole_runs_spikes_and_gradients(detach):
+    currents = tf.constant(np.random.default_rng(3).random((2, 7, 5)).astype(np.float32) * 3)
+    weights = tf.constant(np.random.default_rng(4).random((2, 7, 5)).astype(np.float32))
+    layer = LIF(tau=1.5, detach_reset=detach)
+
+    def spikes_and_gradient(pieces):
+        with tf.GradientTape() as tape:
+            tape.watch(currents)
+            membrane, spikes, start = tf.zeros_like(currents[:, 0]), [], 0
+            for length in pieces:
+                piece, membrane = layer.run_from(currents[:, start:start + length], membrane)
+                spikes.append(piece)
+                start += length
+            spikes = tf.concat(spikes, 1)
+            total = tf.reduce_sum(spikes * weights)
+        return spikes.numpy(), tape.gradient(total, currents).numpy()
+
+    whole_spikes, whole_gradient = spikes_and_gradient([7])
+    np.testing.assert_array_equal(whole_spikes, layer(currents).numpy())
+    assert 0 < whole_spikes.mean() < 1
+    for pieces in ([1] * 7, [3, 1, 3]):
+        spikes, gradient = spikes_and_gradient(pieces)
+        np.testing.assert_array_equal(spikes, whole_spikes)
+        np.testing.assert_allclose(gradient, whole_gradient, rtol=1e-6, atol=1e-7)

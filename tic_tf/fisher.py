@@ -11,12 +11,14 @@ the gradient of one sample's loss is a sum over that sample's positions (pixels 
 of (layer input) x (gradient at the layer output). One forward pass records each layer's
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
 at once (samples are independent with batch-norm in inference mode, or with batch moments held
-constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a batched
-matrix product, or, where cheaper, from the Gram-matrix identity
-||X^T D||^2 = sum((X X^T) * (D D^T)). Since L_t cannot depend on timesteps after t, those
-positions are skipped, and the T backward passes run one after another so that only one set of
-output gradients is live at a time. No Python loop over samples, no per-sample forward pass,
-and no reliance on pfor (which loops for per-example convolution gradients).
+constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a grouped
+convolution's kernel gradient, a batched matrix product, or, where cheaper, the Gram-matrix
+identity ||X^T D||^2 = sum((X X^T) * (D D^T)). The forward pass runs one timestep at a time
+(`tic_tf.models.stepwise`), so that L_t's backward pass and products cover timesteps 1..t
+only (L_t cannot depend on later ones), and the T backward passes run at most two at a time,
+so that few sets of output gradients are live at once. No Python loop over samples, no
+per-sample forward pass, and no reliance on pfor (which loops for per-example convolution
+gradients).
 """
 import dataclasses
 import re
@@ -31,6 +33,7 @@ from tic_tf.errors import UserError
 from tic_tf.losses import accumulated_logits, per_timestep_losses
 from tic_tf.models import BN_STATISTICS, TemporalBatchNorm, TimeFolded, timesteps_of
 from tic_tf.models.graph import run_layers
+from tic_tf.models.stepwise import run_timesteps
 
 LABEL_MODES = ("data", "model")
 METHODS = ("exact", "batch_mean")
@@ -166,16 +169,21 @@ def _conv_sq_norm(layer, layer_input, delta):
     return tf.reduce_sum(tf.square(gradients))
 
 
-def _statistics(layer, layer_input, bn_statistics, moment_gradients=False):
-    """Mean and variance the batch-norm `layer` normalises `layer_input` (float32) with: its
-    moving statistics, or the batch's own moments. Unless `moment_gradients`, the moments are
-    constants (no gradient through them), so that samples stay independent."""
+def _moving_statistics(layer, timesteps):
+    """The batch-norm `layer`'s moving mean and variance: `[timesteps, C]` for a per-timestep
+    one, `[C]` otherwise."""
     if isinstance(layer, TemporalBatchNorm):
-        if bn_statistics == "moving":
-            return layer.inference_statistics(layer_input.shape[1])
-        moments = layer.batch_statistics(layer_input)  # per timestep
-    elif bn_statistics == "moving":
-        return layer.moving_mean, layer.moving_variance
+        return layer.inference_statistics(timesteps)
+    return layer.moving_mean, layer.moving_variance
+
+
+def _batch_moments(layer, layer_input, moment_gradients=False):
+    """The mean and variance of `layer_input` (float32) that the batch-norm `layer` normalises
+    with in training: per timestep `[T, C]` for a per-timestep one, `[C]` otherwise. Unless
+    `moment_gradients`, they are constants (no gradient through them), so that samples stay
+    independent."""
+    if isinstance(layer, TemporalBatchNorm):
+        moments = layer.batch_statistics(layer_input)
     else:  # Keras' moments: over all axes but channels, biased variance
         moments = tf.nn.moments(layer_input, list(range(len(layer_input.shape) - 1)))
     return moments if moment_gradients else [tf.stop_gradient(m) for m in moments]
@@ -188,21 +196,27 @@ def _normalize(layer, layer_input, mean, variance):
     return (layer_input - mean) * tf.math.rsqrt(variance + layer.epsilon)
 
 
+def _normalized(layer, layer_input, mean, variance, first_timestep=0):
+    """The batch-norm `layer`'s output for `layer_input` (holding the timesteps from
+    `first_timestep` on) normalised with `mean` and `variance`."""
+    outputs = _normalize(layer, tf.cast(layer_input, tf.float32), mean, variance)
+    if isinstance(layer, TemporalBatchNorm):
+        outputs = layer.scale_and_shift(outputs, first_timestep)
+    else:
+        if layer.scale:
+            outputs = outputs * layer.gamma
+        if layer.center:
+            outputs = outputs + layer.beta
+    return tf.cast(outputs, layer.compute_dtype)
+
+
 def _with_batch_statistics(layer, moment_gradients):
     """A stand-in for the batch-norm `layer`'s node in `run_layers`: normalises with each
     batch's own moments, as training does, but leaves the moving statistics alone."""
     def normalize(layer_input):
         layer_input = tf.cast(layer_input, tf.float32)
-        outputs = _normalize(layer, layer_input,
-                             *_statistics(layer, layer_input, "batch", moment_gradients))
-        if isinstance(layer, TemporalBatchNorm):
-            outputs = layer.scale_and_shift(outputs)
-        else:
-            if layer.scale:
-                outputs = outputs * layer.gamma
-            if layer.center:
-                outputs = outputs + layer.beta
-        return tf.cast(outputs, layer.compute_dtype)
+        return _normalized(layer, layer_input,
+                           *_batch_moments(layer, layer_input, moment_gradients))
     return normalize
 
 
@@ -214,19 +228,15 @@ def _batch_norm_substitutes(layers, bn_statistics, moment_gradients=False):
             if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))}
 
 
-def _bn_features(spec, layer_input, bn_statistics, live_steps):
-    """A batch-norm's normalised input `[batch, positions, C]` (float32) over the first
-    `live_steps` timesteps, what its scale's per-sample gradient multiplies with the output
-    gradient. The statistics come from every timestep (shared statistics depend on all of
-    them); only the first `live_steps` are normalised."""
-    layer = spec.layer
-    layer_input = tf.cast(layer_input, tf.float32)
-    mean, variance = _statistics(layer, layer_input, bn_statistics)
-    if not _is_time_major(spec.node):
-        return _sample_major(_normalize(layer, layer_input, mean, variance))
+def _bn_features(layer, layer_input, statistics):
+    """A batch-norm's standardised input `[batch, positions, C]` (float32), what its scale's
+    per-sample gradient multiplies with the output gradient; `layer_input` holds the first t
+    timesteps (or none, for the stem), `statistics` the mean and variance it normalises with
+    (for all T timesteps, if per timestep)."""
+    mean, variance = statistics
     if isinstance(layer, TemporalBatchNorm):  # statistics `[T, C]`
-        mean, variance = mean[:live_steps], variance[:live_steps]
-    return _sample_major(_normalize(layer, layer_input[:, :live_steps], mean, variance))
+        mean, variance = mean[:layer_input.shape[1]], variance[:layer_input.shape[1]]
+    return _sample_major(_normalize(layer, tf.cast(layer_input, tf.float32), mean, variance))
 
 
 def _is_time_major(node):
@@ -251,31 +261,26 @@ def _sq_norm_of_sums(layer, terms, timesteps):
     return tf.reduce_sum(tf.square(per_step))
 
 
-def _layer_sq_norm(spec, layer_input, delta, live_steps, bn_statistics):
+def _layer_sq_norm(layer, layer_input, delta, statistics):
     """sum over samples of ||per-sample gradient of L_t w.r.t. this layer's parameters||^2.
 
-    delta is the gradient of L_t (summed over samples) at the layer's output. L_t cannot
-    depend on timesteps after t, so a time-major layer only needs its first `live_steps` = t
-    timesteps; the stem runs once and feeds every timestep. Computed in float32, whatever
-    the model's precision.
+    delta is the gradient of L_t (summed over samples) at the layer's output, for the first t
+    timesteps (L_t cannot depend on later ones) or, for the stem, which runs once and feeds
+    every timestep, for none. statistics: what a batch-norm normalises with. Computed in
+    float32, whatever the model's precision.
     """
-    layer = spec.layer
     delta = tf.cast(delta, tf.float32)
-    if _is_time_major(spec.node):
-        delta = delta[:, :live_steps]
     rows = _sample_major(delta)
     if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
-        features = _bn_features(spec, layer_input, bn_statistics, live_steps)
+        features = _bn_features(layer, layer_input, statistics)
         if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
-            return (_sq_norm_of_sums(layer, rows, live_steps)
-                    + _sq_norm_of_sums(layer, rows * features, live_steps))
+            return (_sq_norm_of_sums(layer, rows, delta.shape[1])
+                    + _sq_norm_of_sums(layer, rows * features, delta.shape[1]))
         total = _sum_over_positions_sq(rows) if layer.center else 0.0
         if layer.scale:
             total += _sum_over_positions_sq(rows * features)
         return total
     layer_input = tf.cast(layer_input, tf.float32)
-    if _is_time_major(spec.node):
-        layer_input = layer_input[:, :live_steps]
     if isinstance(layer, keras.layers.Conv2D):
         total = _conv_sq_norm(layer, layer_input, delta)
     else:
@@ -306,32 +311,71 @@ class _ExactFisher:
         self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
 
     def _batch_sums(self, images, labels, noise):
+        statistics = self._batch_norm_statistics(images)
         with tf.GradientTape(persistent=True) as tape:
-            logits, tensors = run_layers(self.model, images, substitute=self.substitutes,
-                                         record=[spec.node for spec in self.layers])
-            inputs, outputs = zip(*tensors)
+            logits, records = run_timesteps(
+                self.model, images, record=[spec.node for spec in self.layers],
+                substitute=self._normalizing_with(statistics))
             if self.labels == "model":
-                labels = tf.stop_gradient(sample_model_labels(logits, noise))
+                labels = tf.stop_gradient(sample_model_labels(tf.concat(logits, 1), noise))
             # Summed over samples: samples are independent, so the gradient at each sample's
-            # layer outputs is that sample's own. Summed inside the tape, or it is not recorded.
-            loss_per_t = tf.unstack(tf.reduce_sum(per_timestep_losses(logits, labels), 0))
+            # layer outputs is that sample's own. Each L_t from timesteps 1..t alone, so that
+            # its gradient touches no later timestep. Inside the tape, or it is not recorded.
+            loss_per_t = [tf.reduce_sum(per_timestep_losses(
+                tf.concat(logits[:t], 1), labels if labels.shape.rank == 1 else labels[:, :t]
+            )[:, -1]) for t in range(1, self.timesteps + 1)]
         per_t, previous = [], []
-        for t, loss in enumerate(loss_per_t):
-            # At most two t in flight: unordered, all T sets of output gradients would be live
-            # at once (memory ~ batch x T^2 activations); two keep both CPU cores busy.
+        for t, loss in enumerate(loss_per_t, start=1):
+            # The layers' inputs and outputs at timesteps 1..t (the stem's: once).
+            pairs = [[steps[i] for steps in records[:t]] if _is_time_major(spec.node)
+                     else records[0][i:i + 1] for i, spec in enumerate(self.layers)]
+            # One t at a time: unordered, all T sets of output gradients would be live at once
+            # (memory ~ batch x T^2 activations); two at a time were 3% faster and took 0.4 GB
+            # more at T=10, batch 32.
             with tf.control_dependencies(previous):
-                deltas = tape.gradient(loss, list(outputs),
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                deltas = iter(tape.gradient(
+                    loss, [output for steps in pairs for _, output in steps],
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO))
                 per_block = [0.0] * len(self.blocks)
-                for spec, layer_input, delta in zip(self.layers, inputs, deltas):
-                    # Not before its delta: the slices and normalised inputs of every layer,
-                    # made at once, would raise the peak memory (3.7 GB against 2.6 at T=10).
+                for spec, steps in zip(self.layers, pairs):
+                    delta = tf.concat([next(deltas) for _ in steps], 1)
+                    # Not before its delta: the inputs and normalised inputs of every layer,
+                    # made at once, would raise the peak memory.
                     with tf.control_dependencies([delta]):
                         per_block[spec.block] += _layer_sq_norm(
-                            spec, layer_input, delta, t + 1, self.bn_statistics)
+                            spec.layer, tf.concat([inputs for inputs, _ in steps], 1), delta,
+                            statistics.get(spec.layer))
             per_t.append(tf.stack(per_block))
-            previous = per_t[-2:-1]
+            previous = per_t[-1:]
         return tf.stack(per_t, axis=1)  # [blocks, T]
+
+    def _batch_norm_statistics(self, images):
+        """{batch-norm layer: (mean, variance)} it normalises with: the moving statistics, or
+        this batch's moments (from a pass over all timesteps: shared statistics need them)."""
+        norms = [spec for spec in self.layers
+                 if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))]
+        if self.bn_statistics == "moving":
+            return {spec.layer: _moving_statistics(spec.layer, self.timesteps) for spec in norms}
+        _, pairs = run_layers(self.model, images, substitute=self.substitutes,
+                              record=[spec.node for spec in norms])
+        return {spec.layer: _batch_moments(spec.layer, tf.cast(layer_input, tf.float32))
+                for spec, (layer_input, _) in zip(norms, pairs)}
+
+    def _normalizing_with(self, statistics):
+        """`run_timesteps` substitutes that normalise every batch-norm with `statistics`; none
+        with the moving ones (the model's own layers use those)."""
+        if self.bn_statistics == "moving":
+            return {}
+
+        def at_timestep(layer):
+            def normalize(layer_input, timestep):
+                mean, variance = statistics[layer]
+                if isinstance(layer, TemporalBatchNorm):
+                    mean, variance = mean[timestep:timestep + 1], variance[timestep:timestep + 1]
+                return _normalized(layer, layer_input, mean, variance, timestep)
+            return normalize
+        return {spec.node: at_timestep(spec.layer) for spec in self.layers
+                if spec.layer in statistics}
 
 
 class _BatchMeanFisher:

@@ -82,11 +82,11 @@ class LIFCell(keras.layers.Layer):
                 "surrogate_sharpness": self.surrogate_sharpness}
 
 
-def _lif_forward(inputs, tau, threshold):
-    """Spikes and membranes (before reset) `[batch, T, ...]` of LIF neurons driven by
-    `inputs`, as LIFCell computes them step by step (hard reset to 0)."""
+def _lif_forward(inputs, membrane, tau, threshold):
+    """Spikes and membranes (before reset) `[batch, T, ...]` of LIF neurons driven by `inputs`
+    from the kept `membrane` `[batch, ...]`, as LIFCell computes them step by step (hard reset
+    to 0), and the membrane kept after the last step."""
     decay = 1.0 - 1.0 / tau
-    membrane = tf.zeros_like(inputs[:, 0])
     spikes, membranes = [], []
     for t in range(inputs.shape[1]):
         membrane = decay * membrane + inputs[:, t] / tau
@@ -94,27 +94,27 @@ def _lif_forward(inputs, tau, threshold):
         spikes.append(tf.cast(fired, inputs.dtype))
         membranes.append(membrane)
         membrane = tf.where(fired, tf.zeros_like(membrane), membrane)
-    return tf.stack(spikes, 1), tf.stack(membranes, 1)
+    return tf.stack(spikes, 1), tf.stack(membranes, 1), membrane
 
 
-def _lif_backward(upstream, membranes, tau, threshold, detach_reset, sharpness):
-    """Gradient of the inputs from that of the spikes: reverse mode through time written out,
+def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sharpness):
+    """Gradients of the inputs and of the starting membrane from those of the spikes and of
+    the membrane kept after the last step (`carried`): reverse mode through time written out,
     the arctan surrogate standing for the step's derivative (LIFCell's gradient)."""
     decay = 1.0 - 1.0 / tau
     slopes = (sharpness / math.pi) / (1.0 + tf.square(sharpness * (membranes - threshold)))
     fired = membranes >= threshold
-    carried = tf.zeros_like(upstream[:, 0])  # gradient of the membrane kept after step t
     gradients = []
     for t in reversed(range(upstream.shape[1])):
         # kept = membrane * (1 - spike): 0 where the neuron fired; through the spike too
-        # unless the reset is detached.
+        # unless the reset is detached. `carried`: the gradient of the membrane kept after t.
         membrane = (upstream[:, t] * slopes[:, t]
                     + tf.where(fired[:, t], tf.zeros_like(carried), carried))
         if not detach_reset:
             membrane -= membranes[:, t] * slopes[:, t] * carried
         gradients.append(membrane / tau)
         carried = decay * membrane
-    return tf.stack(gradients[::-1], 1)
+    return tf.stack(gradients[::-1], 1), carried
 
 
 # Each compiled into one fused loop (about 4x faster than one op per step on CPU here).
@@ -122,24 +122,35 @@ _LIF_FORWARD = tf.function(_lif_forward, jit_compile=True)
 _LIF_BACKWARD = tf.function(_lif_backward, jit_compile=True)
 
 
+def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
+            surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
+    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by float32 `inputs` from the kept
+    `membrane` `[batch, ...]` (zeros: at rest), and the membrane kept after the last step, so
+    that a run can go on in pieces; forward and backward each one XLA-compiled loop over
+    time. The backward pass keeps the membranes, or with `recompute` only the inputs,
+    recomputing the membranes (less memory, one more forward)."""
+    @tf.custom_gradient
+    def run(inputs, membrane):
+        spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold)
+
+        def gradient(upstream, upstream_kept):
+            if upstream_kept is None:  # not from `membrane`, which that would keep alive
+                upstream_kept = tf.zeros_like(upstream[:, 0])
+            through = (_LIF_FORWARD(inputs, membrane, tau, threshold)[1] if recompute
+                       else membranes)
+            return _LIF_BACKWARD(upstream, upstream_kept, through, tau, threshold,
+                                 detach_reset, surrogate_sharpness)
+
+        return (spikes, kept), gradient
+
+    return run(inputs, membrane)
+
+
 def lif_spikes(inputs, tau=2.0, threshold=1.0, detach_reset=True,
                surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
-    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by float32 `inputs`, forward and
-    backward each one XLA-compiled loop over time. The backward pass keeps the membranes, or
-    with `recompute` only the inputs, recomputing the membranes (less memory, one more
-    forward)."""
-    @tf.custom_gradient
-    def run(inputs):
-        spikes, membranes = _LIF_FORWARD(inputs, tau, threshold)
-
-        def gradient(upstream):
-            kept = _LIF_FORWARD(inputs, tau, threshold)[1] if recompute else membranes
-            return _LIF_BACKWARD(upstream, kept, tau, threshold, detach_reset,
-                                 surrogate_sharpness)
-
-        return spikes, gradient
-
-    return run(inputs)
+    """Spikes `[batch, T, ...]` of LIF neurons at rest before the first timestep (`lif_run`)."""
+    return lif_run(inputs, tf.zeros_like(inputs[:, 0]), tau, threshold, detach_reset,
+                   surrogate_sharpness, recompute)[0]
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")
@@ -168,9 +179,15 @@ class LIF(keras.layers.Layer):
     def call(self, inputs):
         if inputs.shape[1] is None:
             raise ValueError("LIF needs a static number of timesteps (axis 1 of the input).")
+        return self.run_from(inputs, tf.zeros_like(inputs[:, 0]))[0]
+
+    def run_from(self, inputs, membrane):
+        """Spikes for float32 `inputs` `[batch, T, ...]` from the kept `membrane`, and the
+        membrane kept after (see `lif_run`): the layer's run in pieces, as in
+        `tic_tf.models.stepwise`."""
         cell = self.cell
-        return lif_spikes(inputs, cell.tau, cell.threshold, cell.detach_reset,
-                          cell.surrogate_sharpness, self.recompute)
+        return lif_run(inputs, membrane, cell.tau, cell.threshold, cell.detach_reset,
+                       cell.surrogate_sharpness, self.recompute)
 
     def compute_output_shape(self, input_shape):
         return input_shape

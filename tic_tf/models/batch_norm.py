@@ -83,10 +83,11 @@ class TemporalBatchNorm(keras.layers.Layer):
         """`[T, C]` -> broadcastable against `[batch, T, ..., C]` inputs of rank `rank`."""
         return tf.reshape(values, [1, values.shape[0]] + [1] * (rank - 3) + [values.shape[1]])
 
-    def _rows(self, values, timesteps):
-        """Per-timestep `[T_kept, C]` values for `timesteps` timesteps: beyond the kept ones, the
-        last one's."""
-        return tf.gather(values, [min(t, self.timesteps - 1) for t in range(timesteps)])
+    def _rows(self, values, timesteps, first=0):
+        """Per-timestep `[T_kept, C]` values for `timesteps` timesteps from timestep `first`:
+        beyond the kept ones, the last one's."""
+        return tf.gather(values, [min(t, self.timesteps - 1)
+                                  for t in range(first, first + timesteps)])
 
     def inference_statistics(self, timesteps):
         """Moving mean and variance for `timesteps` timesteps, each `[timesteps, channels]`."""
@@ -126,9 +127,11 @@ class TemporalBatchNorm(keras.layers.Layer):
         return ((tf.cast(inputs, tf.float32) - self._per_time(mean, rank))
                 * self._per_time(tf.math.rsqrt(variance + self.epsilon), rank))
 
-    def scale_and_shift(self, standardized):
-        """gamma * standardized + beta, per timestep for "bntt"."""
-        gamma, beta = self._gamma_and_beta(standardized.shape[1], len(standardized.shape))
+    def scale_and_shift(self, standardized, first_timestep=0):
+        """gamma * standardized + beta, per timestep for "bntt" (`standardized` holds the
+        timesteps from `first_timestep` on)."""
+        gamma, beta = self._gamma_and_beta(standardized.shape[1], len(standardized.shape),
+                                           first_timestep)
         return standardized * gamma + beta
 
     def _update_moving_statistics(self, mean, variance):
@@ -184,29 +187,38 @@ class TemporalBatchNorm(keras.layers.Layer):
         shape = [1, inputs.shape[1]] + [1] * (rank - 3) + [inputs.shape[-1]]
         return normalize(inputs, tf.broadcast_to(gamma, shape), tf.broadcast_to(beta, shape))
 
-    def _gamma_and_beta(self, timesteps, rank):
-        """Scale and offset, broadcastable against `[batch, T, ..., C]` inputs."""
+    def _gamma_and_beta(self, timesteps, rank, first=0):
+        """Scale and offset, broadcastable against `[batch, T, ..., C]` inputs that hold the
+        timesteps from `first` on."""
         if self.mode != "bntt":
             return self.gamma, self.beta
-        return (self._per_time(self._rows(self.gamma, timesteps), rank),
-                self._per_time(self._rows(self.beta, timesteps), rank))
+        return (self._per_time(self._rows(self.gamma, timesteps, first), rank),
+                self._per_time(self._rows(self.beta, timesteps, first), rank))
 
     def call(self, inputs, training=None):
         if inputs.shape[1] is None:
             raise ValueError("TemporalBatchNorm needs a static number of timesteps (axis 1).")
         timesteps, rank = inputs.shape[1], len(inputs.shape)
         inputs = tf.cast(inputs, tf.float32)
-        gamma, beta = self._gamma_and_beta(timesteps, rank)
         if training and self.trainable:
+            gamma, beta = self._gamma_and_beta(timesteps, rank)
             outputs, mean, variance = self._normalize_in_training(inputs, gamma, beta)
             self._update_moving_statistics(tf.reshape(mean, [timesteps, -1]),
                                            tf.reshape(variance, [timesteps, -1]))
-        else:  # one multiply-add: the statistics and gamma, beta fold into scale and offset
-            mean, variance = (self._per_time(v, rank)
-                              for v in self.inference_statistics(timesteps))
-            scale = gamma * tf.math.rsqrt(variance + self.epsilon)
-            outputs = self._affine(inputs, scale, beta - mean * scale)
+        else:
+            outputs = self.normalize_in_inference(inputs)
         return tf.cast(outputs, self.compute_dtype)
+
+    def normalize_in_inference(self, inputs, first_timestep=0):
+        """Inference-mode batch-norm of float32 `inputs` that hold the timesteps from
+        `first_timestep` on: one multiply-add, the statistics and gamma, beta folded into a
+        scale and an offset."""
+        timesteps, rank = inputs.shape[1], len(inputs.shape)
+        gamma, beta = self._gamma_and_beta(timesteps, rank, first_timestep)
+        mean, variance = (self._per_time(values[first_timestep:], rank) for values
+                          in self.inference_statistics(first_timestep + timesteps))
+        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+        return self._affine(inputs, scale, beta - mean * scale)
 
     def _affine(self, inputs, scale, shift):
         """inputs * scale + shift for per-timestep `[1, T, 1.., C]` scale and shift, with the
