@@ -174,8 +174,9 @@ def test_exact_fisher_with_batch_statistics_matches_brute_force_on_a_calibrated_
 
 def test_exact_fisher_with_per_timestep_scale_and_offset_run_beyond_its_timesteps():
     """bntt: every timestep has its own scale and offset; the last one's also act on the
-    timesteps beyond those the model was built with."""
-    model = with_timesteps(active_model(batch_norm="bntt", seed=4), STEPS + 1)
+    timesteps beyond those the model was built with. At T=5 the estimator's forward runs in
+    chunks of two timesteps (the last one shorter)."""
+    model = with_timesteps(active_model(batch_norm="bntt", seed=4), STEPS + 2)
     rng = np.random.default_rng(4)
     images = rng.random((4, 28, 28, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 4).astype(np.int32)

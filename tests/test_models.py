@@ -64,22 +64,26 @@ def firing_model(arch, batch_norm, timesteps=3, shape=(28, 28, 1)):
     return model
 
 
-@pytest.mark.parametrize("arch, batch_norm, beyond", [
-    ("resnet19", "per_timestep", False), ("resnet19", "shared", False),
-    ("resnet19", "time_specific", True), ("vgg16", "bntt", True), ("alexnet", "bntt", False)])
-def test_run_timesteps_computes_the_model_one_timestep_at_a_time(arch, batch_norm, beyond):
+@pytest.mark.parametrize("arch, batch_norm, beyond, chunk", [
+    ("resnet19", "per_timestep", False, 1), ("resnet19", "shared", False, 2),
+    ("resnet19", "time_specific", True, 2), ("vgg16", "bntt", True, 1),
+    ("alexnet", "bntt", True, 2)])
+def test_run_timesteps_computes_the_model_a_chunk_of_timesteps_at_a_time(arch, batch_norm,
+                                                                          beyond, chunk):
     model = firing_model(arch, batch_norm)
     if beyond:  # per-timestep statistics beyond the kept ones: the last one's
         model = with_timesteps(model, 5)
     images = np.random.default_rng(2).random((4, 28, 28, 1), dtype=np.float32)
     expected = model(images, training=False).numpy()
-    logits, records = run_timesteps(model, tf.constant(images),
+    logits, records = run_timesteps(model, tf.constant(images), chunk=chunk,
                                     record=[model.get_layer("stem_conv"),
                                             lif_layers(model)[-1]])
-    assert len(logits) == timesteps_of(model) and all(l.shape == (4, 1, 5) for l in logits)
+    lengths = [min(chunk, timesteps_of(model) - first)
+               for first in range(0, timesteps_of(model), chunk)]
+    assert [l.shape for l in logits] == [(4, length, 5) for length in lengths]
     np.testing.assert_array_equal(np.concatenate(logits, 1), expected)
     assert np.abs(expected[:, 0] - expected[:, -1]).max() > 0.1  # timesteps differ
-    # The stem runs once; each timestep's spikes are the layer's output at that timestep.
+    # The stem runs once; each chunk's spikes are the layer's output at its timesteps.
     assert all(steps[0][1] is records[0][0][1] for steps in records)
     spikes = keras.Model(model.input, lif_layers(model)[-1].output)(images).numpy()
     np.testing.assert_array_equal(np.concatenate([steps[1][1] for steps in records], 1), spikes)
