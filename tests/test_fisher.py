@@ -9,7 +9,7 @@ from tic_tf.errors import UserError
 from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, sample_model_labels,
                            temporal_fisher)
 from tic_tf.losses import per_timestep_losses
-from tic_tf.models import TemporalBatchNorm, build_model, with_timesteps
+from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
 
 STEPS = 3
 
@@ -84,6 +84,23 @@ def test_model_label_fisher_matches_brute_force_with_the_same_draws(setup):
     drawn = sample_model_labels(model(images, training=False), noise).numpy()
     assert len(np.unique(drawn)) > 1
     expected, _ = brute_force(model, images, drawn)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+
+
+def test_exact_fisher_of_a_bfloat16_model_matches_its_per_sample_gradients():
+    """Its convolutions' per-sample kernel gradients come out in bfloat16, as the model's own
+    gradients do."""
+    set_precision("bfloat16")
+    try:
+        model = active_model(seed=5)
+    finally:
+        set_precision("none")
+    assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
+    rng = np.random.default_rng(5)
+    images = rng.random((4, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 4).astype(np.int32)
+    result = temporal_fisher(model, (images, labels), 4, batch_size=4)
+    expected, _ = brute_force(model, images, labels)
     np.testing.assert_allclose(result.values, expected, rtol=1e-4)
 
 

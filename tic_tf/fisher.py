@@ -16,9 +16,9 @@ convolution's kernel gradient, a batched matrix product, or, where cheaper, the 
 identity ||X^T D||^2 = sum((X X^T) * (D D^T)). The forward pass runs in a few chunks of
 timesteps (`tic_tf.models.stepwise`), so that L_t's backward pass covers the chunks up to t's
 only and its products timesteps 1..t (L_t cannot depend on later ones), and the T backward
-passes run one at a time, so that one set of output gradients is live at once. No Python loop over samples, no
-per-sample forward pass, and no reliance on pfor (which loops for per-example convolution
-gradients).
+passes run one at a time, so that one set of output gradients is live at once. No Python
+loop over samples, no per-sample forward pass, and no reliance on pfor (which loops for
+per-example convolution gradients).
 """
 import dataclasses
 import re
@@ -146,18 +146,14 @@ def _sum_sq_products(inputs, delta):
 
 
 def _conv_sq_norm(layer, layer_input, delta):
-    """sum_n ||per-sample gradient of the convolution's kernel||^2, from its input and output
-    gradient `[n, frames..., H, W, C]` (frames: the timesteps, or none for the stem).
+    """sum_n ||per-sample gradient of the convolution's kernel||^2 (not 1x1), from its input
+    and output gradient `[n, frames..., H, W, C]` (frames: the timesteps, or none for the
+    stem), in their precision.
 
     With the samples moved into the channels, each sample's kernel is one group of a grouped
     convolution, whose kernel gradient is then every sample's own: one backward-filter
     convolution for the whole batch, with no image patches (nine times the input for a 3x3
     kernel) and no loop over samples (slow to trace)."""
-    if layer.kernel_size == (1, 1):
-        # A strided 1x1 kernel reads every stride-th pixel: a plain product is cheaper.
-        step_y, step_x = layer.strides
-        return _sum_sq_products(_sample_major(layer_input[..., ::step_y, ::step_x, :]),
-                                _sample_major(delta))
     samples = tf.shape(layer_input)[0]
 
     def samples_as_channels(tensor):  # [n, frames..., H, W, C] -> [frames, H, W, n C]
@@ -171,7 +167,7 @@ def _conv_sq_norm(layer, layer_input, delta):
         samples_as_channels(layer_input), kernel_shape, samples_as_channels(delta),
         strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
         dilations=[1, *layer.dilation_rate, 1])
-    return tf.reduce_sum(tf.square(gradients))
+    return tf.reduce_sum(tf.square(tf.cast(gradients, tf.float32)))
 
 
 def _moving_statistics(layer, timesteps):
@@ -280,10 +276,11 @@ def _layer_sq_norm(layer, layer_input, delta, statistics):
     delta is the gradient of L_t (summed over samples) at the layer's output, for the first t
     timesteps (L_t cannot depend on later ones) or, for the stem, which runs once and feeds
     every timestep, for none. statistics: what a batch-norm normalises with. Computed in
-    float32, whatever the model's precision.
+    float32, whatever the model's precision, but for a 16-bit convolution's per-sample
+    kernel gradients: in its own precision, as its training gradients are (its inputs and
+    output gradients are 16-bit already), each then squared in float32.
     """
-    delta = tf.cast(delta, tf.float32)
-    rows = _sample_major(delta)
+    rows = _sample_major(tf.cast(delta, tf.float32))
     if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
         features = _bn_features(layer, layer_input, statistics)
         if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
@@ -293,10 +290,14 @@ def _layer_sq_norm(layer, layer_input, delta, statistics):
         if layer.scale:
             total += _sum_over_positions_sq(rows * features)
         return total
-    layer_input = tf.cast(layer_input, tf.float32)
-    if isinstance(layer, keras.layers.Conv2D):
-        total = _conv_sq_norm(layer, layer_input, delta)
+    if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size != (1, 1):
+        total = _conv_sq_norm(layer, tf.cast(layer_input, layer.compute_dtype),
+                              tf.cast(delta, layer.compute_dtype))
     else:
+        layer_input = tf.cast(layer_input, tf.float32)
+        if isinstance(layer, keras.layers.Conv2D):  # 1x1: every stride-th pixel
+            step_y, step_x = layer.strides
+            layer_input = layer_input[..., ::step_y, ::step_x, :]
         total = _sum_sq_products(_sample_major(layer_input), rows)
     return total + _sum_over_positions_sq(rows) if layer.use_bias else total
 
