@@ -134,8 +134,8 @@ def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
         spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold)
 
         def gradient(upstream, upstream_kept):
-            if upstream_kept is None:  # not from `membrane`, which that would keep alive
-                upstream_kept = tf.zeros_like(upstream[:, 0])
+            if upstream_kept is None:  # zeros not shaped after `membrane`: that would hold
+                upstream_kept = tf.zeros_like(upstream[:, 0])  # it for the backward pass
             through = (_LIF_FORWARD(inputs, membrane, tau, threshold)[1] if recompute
                        else membranes)
             return _LIF_BACKWARD(upstream, upstream_kept, through, tau, threshold,
@@ -146,17 +146,10 @@ def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
     return run(inputs, membrane)
 
 
-def lif_spikes(inputs, tau=2.0, threshold=1.0, detach_reset=True,
-               surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
-    """Spikes `[batch, T, ...]` of LIF neurons at rest before the first timestep (`lif_run`)."""
-    return lif_run(inputs, tf.zeros_like(inputs[:, 0]), tau, threshold, detach_reset,
-                   surrogate_sharpness, recompute)[0]
-
-
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIF(keras.layers.Layer):
     """Runs LIF neurons (a LIFCell's parameters) over the time axis of `[batch, time, ...]`
-    inputs; returns spikes, through `lif_spikes`.
+    inputs; returns spikes, through `lif_run`.
 
     It computes in float32 even under a mixed-precision policy: a bfloat16 membrane (8 bits
     of mantissa) would blur the threshold crossing and the surrogate gradient near it.
