@@ -21,6 +21,7 @@ loop over samples, no per-sample forward pass, and no reliance on pfor (which lo
 per-example convolution gradients).
 """
 import dataclasses
+import math
 import re
 
 import keras
@@ -326,7 +327,9 @@ class _ExactFisher:
 
     def _batch_sums(self, images, labels, noise):
         statistics = self._batch_norm_statistics(images)
-        chunk = -(-self.timesteps // _CHUNKS)
+        chunk = math.ceil(self.timesteps / _CHUNKS)
+        # How many chunks hold timesteps 1..t, for each t.
+        reached = {t: math.ceil(t / chunk) for t in range(1, self.timesteps + 1)}
         with tf.GradientTape(persistent=True) as tape:
             logits, records = run_timesteps(
                 self.model, images, record=[spec.node for spec in self.layers],
@@ -337,13 +340,13 @@ class _ExactFisher:
             # layer outputs is that sample's own. Each L_t from the chunks up to t's alone, so
             # that its gradient touches no later chunk. Inside the tape, or it is not recorded.
             loss_per_t = [tf.reduce_sum(per_timestep_losses(
-                tf.concat(logits[:-(-t // chunk)], 1),
-                labels if labels.shape.rank == 1 else labels[:, :-(-t // chunk) * chunk]
+                tf.concat(logits[:reached[t]], 1),
+                labels if labels.shape.rank == 1 else labels[:, :reached[t] * chunk]
             )[:, t - 1]) for t in range(1, self.timesteps + 1)]
         per_t, previous = [], []
         for t, loss in enumerate(loss_per_t, start=1):
             # The layers' inputs and outputs in the chunks up to t's (the stem's: once).
-            pairs = [[pieces[i] for pieces in records[:-(-t // chunk)]]
+            pairs = [[pieces[i] for pieces in records[:reached[t]]]
                      if _is_time_major(spec.node) else records[0][i:i + 1]
                      for i, spec in enumerate(self.layers)]
             # One t at a time: unordered, all T sets of output gradients would be live at once
