@@ -82,14 +82,15 @@ class LIFCell(keras.layers.Layer):
                 "surrogate_sharpness": self.surrogate_sharpness}
 
 
-def _lif_forward(inputs, membrane, tau, threshold):
+def _lif_forward(inputs, membrane, tau, threshold, unit):
     """Spikes and membranes (before reset) `[batch, T, ...]` of LIF neurons driven by `inputs`
     from the kept `membrane` `[batch, ...]`, as LIFCell computes them step by step (hard reset
-    to 0), and the membrane kept after the last step."""
+    to 0), and the membrane kept after the last step. `unit`: a run-time 1.0 (why: at
+    `_LIF_FORWARD`)."""
     decay = 1.0 - 1.0 / tau
     spikes, membranes = [], []
     for t in range(inputs.shape[1]):
-        membrane = decay * membrane + inputs[:, t] / tau
+        membrane = (decay * membrane + inputs[:, t] / tau) / unit
         fired = membrane >= threshold
         spikes.append(tf.cast(fired, inputs.dtype))
         membranes.append(membrane)
@@ -97,7 +98,7 @@ def _lif_forward(inputs, membrane, tau, threshold):
     return tf.stack(spikes, 1), tf.stack(membranes, 1), membrane
 
 
-def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sharpness):
+def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sharpness, unit):
     """Gradients of the inputs and of the starting membrane from those of the spikes and of
     the membrane kept after the last step (`carried`): reverse mode through time written out,
     the arctan surrogate standing for the step's derivative (LIFCell's gradient)."""
@@ -109,7 +110,7 @@ def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sh
         # kept = membrane * (1 - spike): 0 where the neuron fired; through the spike too
         # unless the reset is detached. `carried`: the gradient of the membrane kept after t.
         membrane = (upstream[:, t] * slopes[:, t]
-                    + tf.where(fired[:, t], tf.zeros_like(carried), carried))
+                    + tf.where(fired[:, t], tf.zeros_like(carried), carried)) / unit
         if not detach_reset:
             membrane -= membranes[:, t] * slopes[:, t] * carried
         gradients.append(membrane / tau)
@@ -118,6 +119,11 @@ def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sh
 
 
 # Each compiled into one fused loop (about 4x faster than one op per step on CPU here).
+# XLA fuses a chain of cheap elementwise steps into every consumer, so each timestep's
+# outputs would recompute (and re-read the inputs of) all earlier steps: O(T^2) work. It does
+# not duplicate a division, so every step divides by a 1.0 that XLA only sees at run time:
+# exact, and each step is computed once (the forward at T=10 on a [32, T, 32, 32, 32] map
+# 18 -> 11 ms here).
 _LIF_FORWARD = tf.function(_lif_forward, jit_compile=True)
 _LIF_BACKWARD = tf.function(_lif_backward, jit_compile=True)
 
@@ -131,15 +137,16 @@ def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
     recomputing the membranes (less memory, one more forward)."""
     @tf.custom_gradient
     def run(inputs, membrane):
-        spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold)
+        unit = tf.ones([], inputs.dtype)
+        spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold, unit)
 
         def gradient(upstream, upstream_kept):
             if upstream_kept is None:  # zeros not shaped after `membrane`: that would hold
                 upstream_kept = tf.zeros_like(upstream[:, 0])  # it for the backward pass
-            through = (_LIF_FORWARD(inputs, membrane, tau, threshold)[1] if recompute
+            through = (_LIF_FORWARD(inputs, membrane, tau, threshold, unit)[1] if recompute
                        else membranes)
             return _LIF_BACKWARD(upstream, upstream_kept, through, tau, threshold,
-                                 detach_reset, surrogate_sharpness)
+                                 detach_reset, surrogate_sharpness, unit)
 
         return (spikes, kept), gradient
 
