@@ -172,14 +172,18 @@ def restore_precision():
     set_precision("none")
 
 
-def test_bfloat16_computes_convolutions_in_16_bits_and_spikes_in_float32(restore_precision):
+def test_bfloat16_computes_convolutions_and_spikes_in_16_bits_membranes_in_float32(
+        restore_precision):
     set_precision("bfloat16")
     keras.utils.set_random_seed(0)
     model = build_model("resnet19", 10, 2, (32, 32, 3), width=0.0625)
     conv = model.get_layer("stage1_block1_1_conv_t")
     assert conv.compute_dtype == "bfloat16" and conv.layer.kernel.dtype == "float32"
-    assert all(lif.compute_dtype == "float32" and lif.cell.compute_dtype == "float32"
-               for lif in lif_layers(model))
+    currents = tf.zeros((1, 2, 4, 4, 8), tf.bfloat16)
+    for lif in lif_layers(model):
+        spikes, membrane = lif.run_from(currents, tf.zeros((1, 4, 4, 8)))
+        assert (lif.compute_dtype, spikes.dtype, membrane.dtype) == ("bfloat16", "bfloat16",
+                                                                     "float32")
     images = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
     assert model(images).dtype == "float32"
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), MeanLogitCrossEntropy())

@@ -210,3 +210,26 @@ def test_a_run_in_pieces_has_the_whole_runs_spikes_and_gradients(detach):
         spikes, gradient = spikes_and_gradient(pieces)
         np.testing.assert_array_equal(spikes, whole_spikes)
         np.testing.assert_allclose(gradient, whole_gradient, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_currents_give_the_float32_runs_spikes_and_rounded_gradients():
+    # The membrane is float32 inside either way: only the casts at the edges differ.
+    currents = tf.cast(np.random.default_rng(5).random((3, 6, 4, 4, 2)) * 3, tf.bfloat16)
+    weights = tf.cast(np.random.default_rng(6).random((3, 6, 4, 4, 2)), tf.bfloat16)
+
+    def spikes_and_gradient(dtype):
+        inputs = tf.cast(currents, dtype)
+        layer = LIF(tau=1.5, dtype="mixed_bfloat16" if dtype == tf.bfloat16 else "float32")
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            spikes = layer(inputs)
+            total = tf.reduce_sum(tf.cast(spikes * tf.cast(weights, dtype), tf.float32))
+        return spikes, tape.gradient(total, inputs)
+
+    spikes16, gradient16 = spikes_and_gradient(tf.bfloat16)
+    spikes32, gradient32 = spikes_and_gradient(tf.float32)
+    assert (spikes16.dtype, gradient16.dtype) == (tf.bfloat16, tf.bfloat16)
+    assert 0 < spikes32.numpy().mean() < 1
+    np.testing.assert_array_equal(tf.cast(spikes16, tf.float32).numpy(), spikes32.numpy())
+    np.testing.assert_array_equal(tf.cast(gradient16, tf.float32).numpy(),
+                                  tf.cast(tf.cast(gradient32, tf.bfloat16), tf.float32).numpy())

@@ -83,14 +83,14 @@ class LIFCell(keras.layers.Layer):
 
 
 def _lif_forward(inputs, membrane, tau, threshold, unit):
-    """Spikes and membranes (before reset) `[batch, T, ...]` of LIF neurons driven by `inputs`
-    from the kept `membrane` `[batch, ...]`, as LIFCell computes them step by step (hard reset
-    to 0), and the membrane kept after the last step. `unit`: a run-time 1.0 (why: at
-    `_LIF_FORWARD`)."""
+    """Spikes (in the inputs' dtype) and float32 membranes (before reset) `[batch, T, ...]` of
+    LIF neurons driven by `inputs` from the kept float32 `membrane` `[batch, ...]`, as LIFCell
+    computes them step by step (hard reset to 0), and the membrane kept after the last step.
+    `unit`: a run-time 1.0 (why: at `_LIF_FORWARD`)."""
     decay = 1.0 - 1.0 / tau
     spikes, membranes = [], []
     for t in range(inputs.shape[1]):
-        membrane = (decay * membrane + inputs[:, t] / tau) / unit
+        membrane = (decay * membrane + tf.cast(inputs[:, t], tf.float32) / tau) / unit
         fired = membrane >= threshold
         spikes.append(tf.cast(fired, inputs.dtype))
         membranes.append(membrane)
@@ -101,7 +101,8 @@ def _lif_forward(inputs, membrane, tau, threshold, unit):
 def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sharpness, unit):
     """Gradients of the inputs and of the starting membrane from those of the spikes and of
     the membrane kept after the last step (`carried`): reverse mode through time written out,
-    the arctan surrogate standing for the step's derivative (LIFCell's gradient)."""
+    the arctan surrogate standing for the step's derivative (LIFCell's gradient), in float32
+    whatever the spikes' dtype (the inputs' gradients are returned in it)."""
     decay = 1.0 - 1.0 / tau
     slopes = (sharpness / math.pi) / (1.0 + tf.square(sharpness * (membranes - threshold)))
     fired = membranes >= threshold
@@ -109,11 +110,11 @@ def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sh
     for t in reversed(range(upstream.shape[1])):
         # kept = membrane * (1 - spike): 0 where the neuron fired; through the spike too
         # unless the reset is detached. `carried`: the gradient of the membrane kept after t.
-        membrane = (upstream[:, t] * slopes[:, t]
+        membrane = (tf.cast(upstream[:, t], tf.float32) * slopes[:, t]
                     + tf.where(fired[:, t], tf.zeros_like(carried), carried)) / unit
         if not detach_reset:
             membrane -= membranes[:, t] * slopes[:, t] * carried
-        gradients.append(membrane / tau)
+        gradients.append(tf.cast(membrane / tau, upstream.dtype))
         carried = decay * membrane
     return tf.stack(gradients[::-1], 1), carried
 
@@ -130,19 +131,20 @@ _LIF_BACKWARD = tf.function(_lif_backward, jit_compile=True)
 
 def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
             surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
-    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by float32 `inputs` from the kept
+    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by `inputs` from the kept float32
     `membrane` `[batch, ...]` (zeros: at rest), and the membrane kept after the last step, so
     that a run can go on in pieces; forward and backward each one XLA-compiled loop over
-    time. The backward pass keeps the membranes, or with `recompute` only the inputs,
+    time. The membranes are float32 whatever the inputs' dtype; the spikes (0 or 1, exact in
+    any float) and the inputs' gradients come in the inputs' dtype. The backward pass keeps the membranes, or with `recompute` only the inputs,
     recomputing the membranes (less memory, one more forward)."""
     @tf.custom_gradient
     def run(inputs, membrane):
-        unit = tf.ones([], inputs.dtype)
+        unit = tf.ones([], tf.float32)
         spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold, unit)
 
         def gradient(upstream, upstream_kept):
-            if upstream_kept is None:  # zeros not shaped after `membrane`: that would hold
-                upstream_kept = tf.zeros_like(upstream[:, 0])  # it for the backward pass
+            if upstream_kept is None:  # not shaped after `membrane`, which the backward
+                upstream_kept = tf.zeros_like(upstream[:, 0], tf.float32)  # pass would hold
             through = (_LIF_FORWARD(inputs, membrane, tau, threshold, unit)[1] if recompute
                        else membranes)
             return _LIF_BACKWARD(upstream, upstream_kept, through, tau, threshold,
@@ -158,8 +160,10 @@ class LIF(keras.layers.Layer):
     """Runs LIF neurons (a LIFCell's parameters) over the time axis of `[batch, time, ...]`
     inputs; returns spikes, through `lif_run`.
 
-    It computes in float32 even under a mixed-precision policy: a bfloat16 membrane (8 bits
-    of mantissa) would blur the threshold crossing and the surrogate gradient near it.
+    Its membranes and surrogate gradients are float32 even under a mixed-precision policy: a
+    bfloat16 membrane (8 bits of mantissa) would blur the threshold crossing and the surrogate
+    gradient near it. Its inputs and spikes are in the policy's compute dtype, cast inside the
+    compiled loop (a pass over the features fewer each way than casting around it).
     With `recompute`, it keeps only its input for the backward pass and recomputes the
     membranes there (gradient checkpointing): less memory for long T, one more LIF forward
     pass per training step, the same values.
@@ -167,7 +171,6 @@ class LIF(keras.layers.Layer):
 
     def __init__(self, tau=2.0, threshold=1.0, detach_reset=True,
                  surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.cell = LIFCell(None, tau, threshold, detach_reset, surrogate_sharpness,
                             name="cell", dtype=self.dtype_policy)
@@ -179,10 +182,10 @@ class LIF(keras.layers.Layer):
     def call(self, inputs):
         if inputs.shape[1] is None:
             raise ValueError("LIF needs a static number of timesteps (axis 1 of the input).")
-        return self.run_from(inputs, tf.zeros_like(inputs[:, 0]))[0]
+        return self.run_from(inputs, tf.zeros_like(inputs[:, 0], tf.float32))[0]
 
     def run_from(self, inputs, membrane):
-        """Spikes for float32 `inputs` `[batch, T, ...]` from the kept `membrane`, and the
+        """Spikes for `inputs` `[batch, T, ...]` from the kept float32 `membrane`, and the
         membrane kept after (see `lif_run`): the layer's run in pieces, as in
         `tic_tf.models.stepwise`."""
         cell = self.cell

@@ -62,10 +62,10 @@ def run_timesteps(model, images, substitute=None, record=(), chunk=1):
 
 
 def _lif_step(layer, membranes):
-    """A LIF layer over one chunk (in float32), its membrane carried in `membranes`."""
+    """A LIF layer over one chunk, its membrane carried in `membranes`."""
     def step(inputs):
         current = tf.cast(inputs, layer.compute_dtype)
-        membrane = membranes.get(layer.name, tf.zeros_like(current[:, 0]))
+        membrane = membranes.get(layer.name, tf.zeros_like(current[:, 0], tf.float32))
         spikes, membranes[layer.name] = layer.run_from(current, membrane)
         return spikes
     return step
