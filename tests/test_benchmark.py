@@ -55,6 +55,20 @@ def test_peak_memory_sees_an_allocation_made_inside_it():
     assert peak.mb - before.mb >= 250
 
 
+def test_op_profile_counts_every_convolution_and_compiled_lif_loop_of_each_step(tmp_path):
+    model = build_model("resnet19", 10, 2, (8, 8, 1), width=0.0625)
+    infer = tf.function(lambda images: model(images, training=False))
+    images = tf.zeros((2, 8, 8, 1))
+    infer(images)  # traced and compiled before the profile
+    steps = 2
+    _, events = timing.profile_ops(lambda: infer(images).numpy(), steps, str(tmp_path))
+    kinds = [kind for _, kind, _ in events]
+    convolutions = [layer for layer in model.layers if "conv" in layer.name]
+    assert len(convolutions) == 20
+    assert sum(kind.endswith("Conv2D") for kind in kinds) == steps * len(convolutions)
+    assert kinds.count("XLA") == steps * len(lif_layers(model))  # one forward loop per LIF
+
+
 def test_relu_twin_is_the_same_network_without_spikes_at_one_timestep():
     model = build_model("resnet19", 10, 4, (32, 32, 3), width=0.0625)
     dense = relu_twin(model)

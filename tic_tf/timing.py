@@ -1,4 +1,6 @@
-"""Timing helpers shared by the benchmark suite and scripts: medians, machine, peak memory."""
+"""Timing helpers shared by the benchmark suite and scripts: medians, machine, peak memory,
+per-op profiles."""
+import glob
 import os
 import resource
 import statistics
@@ -64,3 +66,48 @@ def _resident_peak_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def profile_ops(step, steps, logdir):
+    """Runs `step()` `steps` times under TensorFlow's profiler, the trace written to `logdir`.
+
+    Returns the wall seconds per step and a list of (op name, op type, milliseconds), one per
+    op TensorFlow's executor ran: its kernels, and each call of an XLA-compiled function as an
+    op of type "XLA" (named "compiled function": the trace does not say which). Ops run on
+    two threads at once, so they may sum to more than the wall time. `step` should wait for
+    its result (e.g. call `.numpy()`).
+    """
+    tf.profiler.experimental.start(logdir)
+    start = time.perf_counter()
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        wall = (time.perf_counter() - start) / steps
+        tf.profiler.experimental.stop()
+    return wall, list(_op_events(logdir))
+
+
+def _op_events(logdir):
+    try:  # the profiler's trace format (XSpace), which TensorBoard's profile plugin reads
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError as error:
+        raise RuntimeError(f"This TensorFlow has no XSpace reader ({error}); open the trace in "
+                           f"{logdir} with TensorBoard's profile plugin instead.") from error
+    space = xplane_pb2.XSpace()
+    trace = max(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True),
+                key=os.path.getmtime)
+    with open(trace, "rb") as handle:
+        space.ParseFromString(handle.read())
+    for plane in space.planes:
+        if plane.name.startswith("/host:CPU"):
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):  # the executor's threads
+                    continue
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    if name == "CpuExecutable::ExecuteAsyncOnStream":
+                        yield "compiled function", "XLA", event.duration_ps / 1e9
+                    elif ":" in name and "::" not in name:  # "scope/op:OpType"
+                        op, kind = name.rsplit(":", 1)
+                        yield op, kind, event.duration_ps / 1e9
