@@ -78,12 +78,14 @@ def attack_model(model, surrogate):
 
 
 def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
-        random_start=False, seed=0, window=None, surrogate=None, jit_compile=True):
+        random_start=False, seed=0, window=None, surrogate=None, jit_compile=False):
     """Projected gradient descent (l-infinity) on images in [0, 1]; returns adversarial images.
 
     window: optional (start, width), 1-based, restricting the perturbation to those timesteps
     (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness
-    (default: the model's own).
+    (default: the model's own). jit_compile: XLA; on CPU TensorFlow's own kernels measured
+    faster (PGD-10 at T=4: 1.5-1.6 against 1.9-2.1 s per batch of 32 in float32, 1.1-1.2
+    against 2.1-2.3 s in bfloat16).
     """
     _validate(model, eps, step_size, iterations, window)
     window = None if window is None else (int(window[0]), int(window[1]))
@@ -97,7 +99,7 @@ def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
                    tf.constant([seed, 0], tf.int64))
 
 
-def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=None, jit_compile=True):
+def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=None, jit_compile=False):
     """Fast gradient sign method: one step of size eps from the clean image."""
     return pgd(model, images, labels, eps=eps, step_size=eps, iterations=1, window=window,
                surrogate=surrogate, jit_compile=jit_compile)

@@ -51,8 +51,6 @@ class Scale:
     alphas: tuple  # fig5 and table1: low, intermediate and high alpha of the alpha loss
     pruning: dict  # fig7: PruneConfig fields
     pruned: tuple  # fig7: the base run with each of these changes (a dict each) is pruned
-    # table1: EvaluationConfig fields beyond the paper's defaults
-    evaluation: dict = dataclasses.field(default_factory=dict)
 
 
 FASHION_MNIST = dict(dataset="fashion_mnist", data_file="../shared/data/fashion_mnist.npz")
@@ -65,7 +63,6 @@ SCALES = {
                   fisher_every=1, fisher_samples=16, export=False, verbose=0),
         measured_epochs=(1, 2), fisher_samples=16, eval_samples=64, window=2,
         sweeps={"timesteps": (2, 3), "arch": ("alexnet",)}, alphas=(1e-3, 2.2),
-        evaluation=dict(xla=False),  # compiling the attacks would take longer than they run
         pruning=dict(rounds=2, retrain_epochs=1, retrain_timesteps=(3, 2, "auto"),
                      batch_size=128, fisher_samples=16, verbose=0),
         pruned=({},)),
@@ -338,8 +335,7 @@ def table1(context, run_dirs):
     rows = evaluate(EvaluationConfig(
         checkpoints=tuple(run_dirs.values()), output_dir=os.path.join(context.root,
                                                                       "table1_evaluation"),
-        data=context.sources.config(scale.base["data"]), eval_samples=scale.eval_samples,
-        **scale.evaluation))
+        data=context.sources.config(scale.base["data"]), eval_samples=scale.eval_samples))
     result = {name: {"checkpoint": row["checkpoint"], "accuracy": row["accuracy"]}
               for name, row in zip(run_dirs, rows)}
     figure = plots.Panels(1)
