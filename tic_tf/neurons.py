@@ -135,8 +135,9 @@ def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
     `membrane` `[batch, ...]` (zeros: at rest), and the membrane kept after the last step, so
     that a run can go on in pieces; forward and backward each one XLA-compiled loop over
     time. The membranes are float32 whatever the inputs' dtype; the spikes (0 or 1, exact in
-    any float) and the inputs' gradients come in the inputs' dtype. The backward pass keeps the membranes, or with `recompute` only the inputs,
-    recomputing the membranes (less memory, one more forward)."""
+    any float) and the inputs' gradients come in the inputs' dtype. The backward pass keeps
+    the membranes, or with `recompute` only the inputs, recomputing the membranes (less
+    memory, one more forward)."""
     @tf.custom_gradient
     def run(inputs, membrane):
         unit = tf.ones([], tf.float32)
