@@ -1,7 +1,10 @@
 """The benchmark suite: its clocks and memory probe against known values, every figure
 written, and the dense ceiling network."""
 import json
+import os
 import sys
+
+import keras
 
 import numpy as np
 import pytest
@@ -53,6 +56,21 @@ def test_peak_memory_sees_an_allocation_made_inside_it():
         block = np.ones(256 * 2**20 // 8)  # 256 MB, touched
         del block
     assert peak.mb - before.mb >= 250
+
+
+def global_policy_name():
+    return keras.mixed_precision.global_policy().name
+
+
+def test_a_fresh_process_starts_from_none_of_this_ones_state():
+    """Each benchmark row runs this way: another process, which sees not even a global
+    setting made here (the precision policy a row sets)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        assert timing.in_fresh_process(os.getpid) != os.getpid()
+        assert timing.in_fresh_process(global_policy_name) == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_op_profile_counts_every_convolution_and_compiled_lif_loop_of_each_step(tmp_path):

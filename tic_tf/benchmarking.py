@@ -16,6 +16,8 @@ timed runs after an untimed warm-up, so compilation is excluded):
                    forward+backward (input-gradient) passes
   peak_memory_mb   peak memory of the training measurement (GPU: TensorFlow's allocator
                    peak; CPU: the process's peak resident set, reset before it on Linux)
+Each precision and T is measured in a fresh process, as each of the peer's is: no row
+inherits an earlier row's allocator, caches or memory peak.
 With `peer` (a directory holding the PyTorch peer's ref_bench.py and ensure-torchenv), the peer
 is timed right after tic_tf at the same width, T, batch, Fisher samples and precision, in the
 step mode of the same batch-norm semantics (single-step: statistics per timestep; multi-step:
@@ -39,7 +41,7 @@ from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model, relu_twin,
                            set_precision)
 from tic_tf.options import check_choices, check_positive, integers, option, require, xla
-from tic_tf.timing import PeakMemory, machine, median_of, median_time
+from tic_tf.timing import PeakMemory, in_fresh_process, machine, median_of, median_time
 
 FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
 
@@ -158,6 +160,11 @@ def bench(config, timesteps):
     return figures
 
 
+def bench_at_precision(config, precision, timesteps):
+    set_precision(precision)
+    return bench(config, timesteps)
+
+
 PEER_FILES = ("ref_bench.py", "ensure-torchenv")
 
 
@@ -236,11 +243,10 @@ def benchmark(config):
                "batch_size": config.batch_size, "fisher_samples": config.fisher_samples,
                "repeats": config.repeats, "runs": []}
     for precision in config.mixed_precision:
-        set_precision(precision)
         for timesteps in config.timesteps:
             print(f"Benchmarking T={timesteps}, precision {precision} ...", flush=True)
             runs = [{"precision": precision, "system": "tic_tf",
-                     **bench(config, timesteps)}]
+                     **in_fresh_process(bench_at_precision, config, precision, timesteps)}]
             if python:
                 print(f"Benchmarking the peer at T={timesteps}, precision {precision} ...",
                       flush=True)
@@ -251,7 +257,6 @@ def benchmark(config):
             print(table(runs), flush=True)
             if config.json:  # after every run, so a long benchmark keeps what it measured
                 write_json(config.json, results)
-    set_precision("none")
     print(json.dumps(results["machine"]))
     print(table(results["runs"]))
     return results

@@ -1,6 +1,8 @@
 """Timing helpers shared by the benchmark suite and scripts: medians, machine, peak memory,
 per-op profiles."""
+import concurrent.futures
 import glob
+import multiprocessing
 import os
 import resource
 import statistics
@@ -26,6 +28,15 @@ def median_time(fn, repeats):
         return time.perf_counter() - start
 
     return median_of(timed, repeats)
+
+
+def in_fresh_process(fn, *args):
+    """`fn(*args)` run in a new Python process, its result returned: spawned, not forked
+    (TensorFlow's runtime cannot be forked once started), so nothing of this process's
+    allocator, caches or memory peak carries into the measurement."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def machine(xla):
