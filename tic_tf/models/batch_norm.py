@@ -17,7 +17,9 @@ statistics treat time.
   the last one's.
 
 Moments follow Keras' BatchNormalization: the biased variance, computed in float32 whatever
-the model's precision, all-reduced over replicas when `synchronized`.
+the model's precision, all-reduced over replicas when `synchronized`. Training runs
+TensorFlow's fused batch-norm kernel on one replica, and written-out passes when the moments
+are all-reduced.
 """
 import math
 
@@ -157,11 +159,12 @@ class TemporalBatchNorm(keras.layers.Layer):
         return tf.distribute.get_replica_context().all_reduce("sum", values)
 
     def _normalize_in_training(self, inputs, gamma, beta):
-        """Training-mode batch-norm of float32 `inputs` with per-timestep batch moments, and
-        the moments `[1, T, 1.., C]`. Forward and backward are written out (the backward is
-        the closed form of batch-norm's gradient), each a few passes over the features: the
-        same values as differentiating the moments op by op (38 -> 5.9 ms forward and
-        backward on a [32, 4, 32, 32, 32] map here, with `_sum_per_time`'s sums)."""
+        """Training-mode batch-norm of float32 `inputs` with per-timestep batch moments
+        all-reduced over the replicas, and the moments `[1, T, 1.., C]`. Forward and backward
+        are written out (the backward is the closed form of batch-norm's gradient), each a few
+        passes over the features: the same values as differentiating the moments op by op
+        (38 -> 5.9 ms forward and backward on a [32, 4, 32, 32, 32] map here, with
+        `_sum_per_time`'s sums)."""
         rank = len(inputs.shape)
 
         @tf.custom_gradient
@@ -187,6 +190,32 @@ class TemporalBatchNorm(keras.layers.Layer):
         shape = [1, inputs.shape[1]] + [1] * (rank - 3) + [inputs.shape[-1]]
         return normalize(inputs, tf.broadcast_to(gamma, shape), tf.broadcast_to(beta, shape))
 
+    def _fused_normalize_in_training(self, inputs, gamma, beta):
+        """`_normalize_in_training` of one replica's `inputs`, in their own dtype, by
+        TensorFlow's fused batch-norm kernel (oneDNN's on CPU), forward and backward. Each
+        (timestep, channel) is made a channel of its own, so the kernel's statistics are the
+        per-timestep ones: under bfloat16 the layer's forward and backward take half the time
+        of the written-out passes, which need float32 copies (40 -> 21 ms on a
+        [32, 10, 32, 32, 32] map here; float32 about the same)."""
+        shape, rank = inputs.shape, len(inputs.shape)
+        timesteps, channels = shape[1], shape[-1]
+        positions = math.prod(shape[2:-1])
+        by_position = tf.transpose(tf.reshape(inputs, [-1, timesteps, positions, channels]),
+                                   [0, 2, 1, 3])
+        per_channel = lambda values: tf.reshape(  # noqa: E731
+            tf.broadcast_to(values, [1, timesteps] + [1] * (rank - 3) + [channels]), [-1])
+        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            tf.reshape(by_position, [-1, positions, 1, timesteps * channels]),
+            per_channel(gamma), per_channel(beta), epsilon=self.epsilon, is_training=True)
+        outputs = tf.reshape(tf.transpose(tf.reshape(outputs, [-1, positions, timesteps,
+                                                               channels]), [0, 2, 1, 3]),
+                             [-1, *shape[1:]])
+        count = tf.cast(tf.size(inputs) // (timesteps * channels), tf.float32)
+        # The kernel returns the unbiased variance; the moving statistics take the biased one.
+        variance = unbiased_variance * tf.maximum(count - 1.0, 0.0) / count
+        moments_shape = [1, timesteps] + [1] * (rank - 3) + [channels]
+        return outputs, tf.reshape(mean, moments_shape), tf.reshape(variance, moments_shape)
+
     def _gamma_and_beta(self, timesteps, rank, first=0):
         """Scale and offset, broadcastable against `[batch, T, ..., C]` inputs that hold the
         timesteps from `first` on."""
@@ -199,14 +228,18 @@ class TemporalBatchNorm(keras.layers.Layer):
         if inputs.shape[1] is None:
             raise ValueError("TemporalBatchNorm needs a static number of timesteps (axis 1).")
         timesteps, rank = inputs.shape[1], len(inputs.shape)
-        inputs = tf.cast(inputs, tf.float32)
         if training and self.trainable:
             gamma, beta = self._gamma_and_beta(timesteps, rank)
-            outputs, mean, variance = self._normalize_in_training(inputs, gamma, beta)
+            if self.synchronized:  # the moments all-reduced over the replicas
+                outputs, mean, variance = self._normalize_in_training(
+                    tf.cast(inputs, tf.float32), gamma, beta)
+            else:
+                outputs, mean, variance = self._fused_normalize_in_training(
+                    tf.cast(inputs, self.compute_dtype), gamma, beta)
             self._update_moving_statistics(tf.reshape(mean, [timesteps, -1]),
                                            tf.reshape(variance, [timesteps, -1]))
         else:
-            outputs = self.normalize_in_inference(inputs)
+            outputs = self.normalize_in_inference(tf.cast(inputs, tf.float32))
         return tf.cast(outputs, self.compute_dtype)
 
     def normalize_in_inference(self, inputs, first_timestep=0):
