@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
-from tic_tf.models import (TemporalBatchNorm, build_model, lif_layers, set_precision,
-                           timesteps_of, with_timesteps)
+from tic_tf.models import (FoldedBatchNorm, TemporalBatchNorm, build_model, fold_batch_norm,
+                           lif_layers, set_precision, timesteps_of, with_timesteps)
 from tic_tf.models.stepwise import run_timesteps
 
 
@@ -87,6 +87,38 @@ def test_run_timesteps_computes_the_model_a_chunk_of_timesteps_at_a_time(arch, b
     assert all(steps[0][1] is records[0][0][1] for steps in records)
     spikes = keras.Model(model.input, lif_layers(model)[-1].output)(images).numpy()
     np.testing.assert_array_equal(np.concatenate([steps[1][1] for steps in records], 1), spikes)
+
+
+def batch_norms(model):
+    """The model's batch-norm layers, time-folded Keras ones included."""
+    return [layer for layer in model.layers
+            if isinstance(getattr(layer, "layer", layer),
+                          (TemporalBatchNorm, keras.layers.BatchNormalization))]
+
+
+@pytest.mark.parametrize("arch, batch_norm", [
+    ("resnet19", "per_timestep"), ("resnet19", "shared"), ("vgg16", "per_timestep"),
+    ("alexnet", "time_specific")])
+def test_folding_batch_norm_keeps_spikes_and_logits(arch, batch_norm):
+    """Every batch-norm with one affine for all timesteps folded into the layer before it (a
+    convolution, or for VGG16's and AlexNet's hidden layers a dense one); time-specific ones
+    stay, the stem's alone folded. Same spikes in the last LIF layer and the same logits (to
+    float rounding) as the model in inference."""
+    model = firing_model(arch, batch_norm)
+    fast = fold_batch_norm(model)
+    norms = batch_norms(model)
+    kept = [layer.name for layer in norms if getattr(layer, "mode", "") == "time_specific"]
+    assert [layer.name for layer in batch_norms(fast)] == kept
+    assert (sorted(layer.name for layer in fast.layers if isinstance(layer, FoldedBatchNorm))
+            == sorted(layer.name for layer in norms if layer.name not in kept))
+    assert len(kept) == (len(norms) - 1 if batch_norm == "time_specific" else 0)
+    images = np.random.default_rng(2).random((4, 28, 28, 1), dtype=np.float32)
+    last_spikes = [keras.Model(m.input, lif_layers(m)[-1].output)(images).numpy()
+                   for m in (model, fast)]
+    np.testing.assert_array_equal(*last_spikes)
+    assert 0.05 < last_spikes[0].mean() < 0.95  # the layers fire, not all or nothing
+    np.testing.assert_allclose(fast(images).numpy(), model(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_normalisation_inside_model_uses_dataset_statistics():

@@ -6,7 +6,9 @@
 For each T of `timesteps`, on random 32x32x3 inputs with 10 classes (medians of `repeats`
 timed runs after an untimed warm-up, so compilation is excluded):
   train_img_s      training throughput: forward + BPTT backward + SGD update, images/s
-  infer_img_s      inference throughput (per-timestep logits), images/s
+  infer_img_s      inference throughput (per-timestep logits), images/s, of the network as
+                   exported for serving: batch-norm folded into the layers before it
+                   (`tic_tf.models.fold_batch_norm`)
   ceiling_img_s    the same network with every LIF replaced by ReLU, trained on batches of
                    T x batch_size images in one pass: the dense compute a spiking step cannot
                    beat on this hardware, in the spiking step's images/s (T x batch_size
@@ -38,8 +40,8 @@ from tic_tf.errors import UserError
 from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
-from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model, relu_twin,
-                           set_precision)
+from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
+                           fold_batch_norm, relu_twin, set_precision)
 from tic_tf.options import check_choices, check_positive, integers, option, require, xla
 from tic_tf.timing import PeakMemory, in_fresh_process, machine, median_of, median_time
 
@@ -137,7 +139,8 @@ def bench(config, timesteps):
             figures["train_img_s"] = batch / train_seconds_per_step(config, model, x, y)
         figures["peak_memory_mb"] = peak.mb
     if "infer" not in config.skip:
-        infer = tf.function(lambda images: model(images, training=False),
+        served = fold_batch_norm(model)
+        infer = tf.function(lambda images: served(images, training=False),
                             jit_compile=config.xla)
         figures["infer_img_s"] = batch / median_time(lambda: infer(x).numpy(), config.repeats)
     if "ceiling" not in config.skip:

@@ -7,6 +7,7 @@ import tensorflow as tf
 from tic_tf import checkpoints
 from tic_tf.atomic import partial_path, publish_dir
 from tic_tf.losses import mean_logits
+from tic_tf.models import fold_batch_norm
 from tic_tf.options import check_positive, option, output_dir, require
 
 
@@ -39,8 +40,9 @@ class _Serving(tf.Module):
 
 
 def export_saved_model(model, path):
-    """Write `model` as a SavedModel at `path` atomically; returns `path`."""
-    module = _Serving(model)
+    """Write `model` as a SavedModel at `path` atomically, its batch-norms folded into the
+    layers before them where they can be (`tic_tf.models.fold_batch_norm`); returns `path`."""
+    module = _Serving(fold_batch_norm(model))
     partial = partial_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tf.saved_model.save(module, partial, signatures={"serving_default": module.serve})

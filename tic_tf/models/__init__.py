@@ -4,7 +4,8 @@ import tensorflow as tf
 
 from tic_tf.models.batch_norm import (BATCH_NORM_MODES, BN_STATISTICS, TemporalBatchNorm,
                                      check_batch_norm_mode)
-from tic_tf.models.blocks import synchronized_batch_norm
+from tic_tf.models.cloning import rebuilt
+from tic_tf.models.folding import FoldedBatchNorm, fold_batch_norm
 from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
 from tic_tf.models.plain import alexnet, vgg16
@@ -71,23 +72,6 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron,
                                  batch_norm)
     return keras.Model(images, logits, name=arch)
-
-
-def rebuilt(model, change):
-    """A copy of `model` (`keras.models.clone_model`) whose layers are rebuilt from their
-    configs, each first passed to `change(layer, config)`, which edits the config in place or
-    returns a layer to use instead. The copy has fresh weights: set them from `model`.
-
-    Its batch-norm layers follow the strategy whose scope the copy is built in (see
-    `blocks.synchronized_batch_norm`), so a copy made under a strategy works under it."""
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
-            config["synchronized"] = synchronized_batch_norm()
-        replacement = change(layer, config)
-        return replacement if replacement is not None else layer.__class__.from_config(config)
-
-    return keras.models.clone_model(model, clone_function=clone)
 
 
 def _check_built_here(model):
@@ -202,4 +186,5 @@ def lif_layers(model):
 __all__ = ["ARCHITECTURES", "BATCH_NORM_MODES", "BN_STATISTICS", "TemporalBatchNorm",
            "build_model", "with_timesteps", "with_surrogate", "surrogate_of", "timesteps_of",
            "lif_layers", "run_on_frames", "time_specific_twin", "relu_twin", "rebuilt",
+           "fold_batch_norm", "FoldedBatchNorm",
            "RepeatOverTime", "TimeFolded"]
