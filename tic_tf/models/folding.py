@@ -59,8 +59,10 @@ def _inner(layer):
 
 def _is_foldable_norm(layer):
     inner = _inner(layer)
-    return (isinstance(inner, keras.layers.BatchNormalization)
-            or isinstance(inner, TemporalBatchNorm) and inner.mode == "per_timestep")
+    if isinstance(inner, TemporalBatchNorm):
+        return inner.mode == "per_timestep"
+    return (isinstance(inner, keras.layers.BatchNormalization) and inner.axis == -1
+            and inner.scale and inner.center)  # channels last, with gamma and beta
 
 
 def _foldable(model):
