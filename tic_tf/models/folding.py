@@ -26,7 +26,8 @@ def fold_batch_norm(model):
     its weights are not the model's (the Fisher estimator needs those).
 
     The logits equal the model's in inference up to float rounding, which can flip a spike
-    whose membrane lies within rounding of the threshold.
+    whose membrane lies within rounding of the threshold. With nothing to fold, returns
+    `model` itself.
     """
     folds = _foldable(model)
     if not folds:
