@@ -5,7 +5,6 @@ import os
 import sys
 
 import keras
-
 import numpy as np
 import pytest
 import tensorflow as tf
