@@ -164,6 +164,7 @@ def bench(config, timesteps):
 
 
 def bench_at_precision(config, precision, timesteps):
+    """`bench` with the models built at `precision` (run in a process of its own)."""
     set_precision(precision)
     return bench(config, timesteps)
 

@@ -216,8 +216,8 @@ class TemporalBatchNorm(keras.layers.Layer):
         count = tf.cast(tf.size(inputs) // (timesteps * channels), tf.float32)
         # The kernel returns the unbiased variance; the moving statistics take the biased one.
         variance = unbiased_variance * tf.maximum(count - 1.0, 0.0) / count
-        moments_shape = [1, timesteps] + [1] * (rank - 3) + [channels]
-        return outputs, tf.reshape(mean, moments_shape), tf.reshape(variance, moments_shape)
+        return outputs, *(self._per_time(tf.reshape(moment, [timesteps, channels]), rank)
+                          for moment in (mean, variance))
 
     def _gamma_and_beta(self, timesteps, rank, first=0):
         """Scale and offset, broadcastable against `[batch, T, ..., C]` inputs that hold the

@@ -5,6 +5,7 @@ import numpy as np
 
 from tic_tf.models.batch_norm import TemporalBatchNorm
 from tic_tf.models.cloning import rebuilt
+from tic_tf.models.graph import input_layers
 from tic_tf.models.layers import TimeFolded
 
 
@@ -69,12 +70,10 @@ def _is_foldable_norm(layer):
 def _foldable(model):
     """{name of a layer: name of the batch-norm folded into it}: convolutions and dense
     layers whose output feeds only a batch-norm with one affine for all timesteps."""
-    inputs, consumers = {}, {}
-    for layer_config in model.get_config()["layers"]:
-        for node in layer_config.get("inbound_nodes", []):  # none: not functional
-            for source in _sources(node["args"]):
-                inputs.setdefault(layer_config["name"], []).append(source)
-                consumers.setdefault(source, []).append(layer_config["name"])
+    inputs, consumers = input_layers(model), {}
+    for name, sources in inputs.items():
+        for source in sources:
+            consumers.setdefault(source, []).append(name)
     folds = {}
     for layer in model.layers:
         sources = inputs.get(layer.name, [])
@@ -87,17 +86,6 @@ def _foldable(model):
                 and consumers[source.name] == [layer.name]):
             folds[source.name] = layer.name
     return folds
-
-
-def _sources(value):
-    """Names of the layers whose outputs a node's serialised arguments hold."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__keras_tensor__":
-            return [value["config"]["keras_history"][0]]
-        return [name for item in value.values() for name in _sources(item)]
-    if isinstance(value, (list, tuple)):
-        return [name for item in value for name in _sources(item)]
-    return []
 
 
 def _affine(norm):

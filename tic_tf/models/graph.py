@@ -49,13 +49,29 @@ def _history(endpoint):
     return tuple(endpoint)
 
 
+def input_layers(model):
+    """{layer name: names of the layers whose outputs it is called on}, from the config."""
+    sources = {}
+    for layer_config in model.get_config()["layers"]:
+        names = sources.setdefault(layer_config["name"], [])
+        for node in layer_config.get("inbound_nodes", []):  # none: not a functional model
+            _map_keras_tensors(node["args"], lambda history: names.append(history[0]))
+    return sources
+
+
 def _resolve(value, tensors):
     """`value` (a node's serialised arguments) with every Keras tensor replaced by the tensor
     computed for it."""
+    return _map_keras_tensors(value, lambda history: tensors[tuple(history)])
+
+
+def _map_keras_tensors(value, fn):
+    """`value` (serialised node arguments) with every Keras tensor replaced by
+    `fn(its keras_history)`: (layer name, node index, tensor index)."""
     if isinstance(value, dict):
         if value.get("class_name") == "__keras_tensor__":
-            return tensors[tuple(value["config"]["keras_history"])]
-        return {key: _resolve(item, tensors) for key, item in value.items()}
+            return fn(value["config"]["keras_history"])
+        return {key: _map_keras_tensors(item, fn) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_resolve(item, tensors) for item in value]
+        return [_map_keras_tensors(item, fn) for item in value]
     return value
