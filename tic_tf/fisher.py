@@ -126,6 +126,10 @@ def _parameter_layers(model):
     return layers, blocks
 
 
+def _is_batch_norm(layer):
+    return isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm))
+
+
 def _sample_major(tensor):
     """`[batch, ..., channels]` -> `[batch, positions, channels]` (positions known statically)."""
     positions = int(np.prod(tensor.shape[1:-1]))
@@ -146,28 +150,20 @@ def _sum_sq_products(inputs, delta):
     return tf.reduce_sum(tf.square(tf.matmul(inputs, delta, transpose_a=True)))
 
 
-def _conv_sq_norm(layer, layer_input, delta):
+def _conv_sq_norm(layer, inputs, delta):
     """sum_n ||per-sample gradient of the convolution's kernel||^2 (not 1x1), from its input
-    and output gradient `[n, frames..., H, W, C]` (frames: the timesteps, or none for the
-    stem), in their precision.
+    and output gradient with the samples as channels (`_samples_as_channels`), in their
+    precision.
 
-    With the samples moved into the channels, each sample's kernel is one group of a grouped
-    convolution, whose kernel gradient is then every sample's own: one backward-filter
-    convolution for the whole batch, with no image patches (nine times the input for a 3x3
-    kernel) and no loop over samples (slow to trace)."""
-    samples = tf.shape(layer_input)[0]
-
-    def samples_as_channels(tensor):  # [n, frames..., H, W, C] -> [frames, H, W, n C]
-        height, width, channels = tensor.shape[-3:]
-        frames = tf.reshape(tensor, [samples, -1, height, width, channels])
-        return tf.reshape(tf.transpose(frames, [1, 2, 3, 0, 4]),
-                          [-1, height, width, samples * channels])
-
-    kernel_shape = tf.stack([*layer.kernel.shape[:3], samples * layer.kernel.shape[3]])
+    Each sample's kernel is then one group of a grouped convolution, whose kernel gradient is
+    every sample's own: one backward-filter convolution for the whole batch, with no image
+    patches (nine times the input for a 3x3 kernel) and no loop over samples (slow to
+    trace)."""
+    groups = tf.shape(delta)[-1] // layer.filters
+    kernel_shape = tf.stack([*layer.kernel.shape[:3], groups * layer.filters])
     gradients = tf.compat.v1.nn.conv2d_backprop_filter(
-        samples_as_channels(layer_input), kernel_shape, samples_as_channels(delta),
-        strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
-        dilations=[1, *layer.dilation_rate, 1])
+        inputs, kernel_shape, delta, strides=[1, *layer.strides, 1],
+        padding=layer.padding.upper(), dilations=[1, *layer.dilation_rate, 1])
     return tf.reduce_sum(tf.square(tf.cast(gradients, tf.float32)))
 
 
@@ -227,26 +223,15 @@ def _batch_norm_substitutes(layers, bn_statistics, moment_gradients=False):
     if bn_statistics == "moving":
         return {}
     return {spec.node: _with_batch_statistics(spec.layer, moment_gradients) for spec in layers
-            if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))}
+            if _is_batch_norm(spec.layer)}
 
 
-def _bn_features(layer, layer_input, statistics):
-    """A batch-norm's standardised input `[batch, positions, C]` (float32), what its scale's
-    per-sample gradient multiplies with the output gradient; `layer_input` holds the first t
-    timesteps (or none, for the stem), `statistics` the mean and variance it normalises with
-    (for all T timesteps, if per timestep)."""
-    mean, variance = statistics
-    if isinstance(layer, TemporalBatchNorm):  # statistics `[T, C]`
-        mean, variance = mean[:layer_input.shape[1]], variance[:layer_input.shape[1]]
-    return _sample_major(_normalize(layer, tf.cast(layer_input, tf.float32), mean, variance))
-
-
-def _first_steps(tensor, timesteps, node):
-    """A time-major node's `tensor` cut to its first `timesteps` timesteps (beyond them, in the
-    last chunk, L_t's output gradients are zero)."""
-    if not _is_time_major(node) or tensor.shape[1] == timesteps:
-        return tensor
-    return tensor[:, :timesteps]
+def _frames_major(tensor, node):
+    """`[batch, frames, positions, C]` of a node's tensor (frames: its timesteps, or one for
+    the stem)."""
+    frames = tensor.shape[1] if _is_time_major(node) else 1
+    return tf.reshape(tensor, [-1, frames, int(np.prod(tensor.shape[1:-1])) // frames,
+                               tensor.shape[-1]])
 
 
 def _is_time_major(node):
@@ -254,58 +239,102 @@ def _is_time_major(node):
     return isinstance(node, (TimeFolded, TemporalBatchNorm))
 
 
-def _sq_norm_of_sums(layer, terms, timesteps):
-    """sum_n ||g_n||^2 where g_n, a sample's gradient of the batch-norm's offset (terms: output
-    gradients) or scale (terms: those times the standardised input), sums `terms`
-    `[n, positions, C]` over the positions (time-major, `timesteps` timesteps) each parameter
-    acts on: all of them, or for "bntt" those of its own timestep (the last one's parameters
-    also act on every timestep beyond those kept)."""
-    if layer.mode != "bntt":
-        return _sum_over_positions_sq(terms)
-    per_step = tf.reduce_sum(tf.reshape(terms, [-1, timesteps, terms.shape[1] // timesteps,
-                                                terms.shape[2]]), 2)
+def _is_spatial_conv(layer):
+    return isinstance(layer, keras.layers.Conv2D) and layer.kernel_size != (1, 1)
+
+
+def _samples_as_channels(tensor):
+    """`[n, frames..., H, W, C]` -> `[frames, H, W, n C]`: each sample a group of channels."""
+    samples = tf.shape(tensor)[0]
+    height, width, channels = tensor.shape[-3:]
+    frames = tf.reshape(tensor, [samples, -1, height, width, channels])
+    return tf.reshape(tf.transpose(frames, [1, 2, 3, 0, 4]),
+                      [-1, height, width, samples * channels])
+
+
+def _prepared_inputs(spec, pieces, statistics, chunk):
+    """What the per-sample gradients of `spec`'s layer read of its input, made once for every
+    t from the input's `pieces` (one per chunk of timesteps, or the stem's one):
+
+    - a convolution other than 1x1: the samples as channels, `[frames, H, W, n C]`, in its
+      precision (its per-sample kernel gradients are one grouped backward-filter convolution);
+    - a batch-norm: the input standardised with `statistics`, per chunk `[n, frames,
+      positions, C]` (float32);
+    - otherwise (Dense, 1x1 convolution): per chunk `[n, positions, C]` (float32), for a
+      strided 1x1 convolution only the pixels it reads.
+    """
+    layer = spec.layer
+    if _is_spatial_conv(layer):
+        return tf.concat([_samples_as_channels(tf.cast(piece, layer.compute_dtype))
+                          for piece in pieces], 0)
+    if _is_batch_norm(layer):
+        return [_frames_major(_standardized(layer, piece, statistics, index * chunk), spec.node)
+                for index, piece in enumerate(pieces)]
+    if isinstance(layer, keras.layers.Conv2D):  # 1x1: every stride-th pixel
+        step_y, step_x = layer.strides
+        pieces = [piece[..., ::step_y, ::step_x, :] for piece in pieces]
+    return [_sample_major(tf.cast(piece, tf.float32)) for piece in pieces]
+
+
+def _standardized(layer, layer_input, statistics, first_timestep):
+    """A batch-norm's input standardised with `statistics` (float32), what its scale's
+    per-sample gradient multiplies with the output gradient; `layer_input` holds the timesteps
+    from `first_timestep` on (or none, for the stem), `statistics` the mean and variance for
+    all T timesteps if per timestep."""
+    mean, variance = statistics
+    if isinstance(layer, TemporalBatchNorm):  # statistics `[T, C]`
+        rows = slice(first_timestep, first_timestep + layer_input.shape[1])
+        mean, variance = mean[rows], variance[rows]
+    return _normalize(layer, tf.cast(layer_input, tf.float32), mean, variance)
+
+
+def _sq_norm_of_sums(layer, per_frame):
+    """sum_n ||g_n||^2 where g_n, a sample's gradient of the batch-norm's offset or scale,
+    sums `per_frame` `[n, frames, C]` (its terms summed over each frame's positions) over
+    the frames each parameter acts on: all of them, or for "bntt" its own timestep's (the last
+    one's parameters also act on every timestep beyond those kept)."""
+    if not (isinstance(layer, TemporalBatchNorm) and layer.mode == "bntt"):
+        return tf.reduce_sum(tf.square(tf.reduce_sum(per_frame, 1)))
     kept = layer.timesteps
-    if timesteps > kept:
-        per_step = tf.concat([per_step[:, :kept - 1],
-                              tf.reduce_sum(per_step[:, kept - 1:], 1, keepdims=True)], 1)
-    return tf.reduce_sum(tf.square(per_step))
+    if per_frame.shape[1] > kept:
+        per_frame = tf.concat([per_frame[:, :kept - 1],
+                               tf.reduce_sum(per_frame[:, kept - 1:], 1, keepdims=True)], 1)
+    return tf.reduce_sum(tf.square(per_frame))
 
 
-def _layer_sq_norm(layer, layer_input, delta, statistics):
+def _layer_sq_norm(spec, inputs, deltas, timesteps):
     """sum over samples of ||per-sample gradient of L_t w.r.t. this layer's parameters||^2.
 
-    delta is the gradient of L_t (summed over samples) at the layer's output, for the first t
-    timesteps (L_t cannot depend on later ones) or, for the stem, which runs once and feeds
-    every timestep, for none. statistics: what a batch-norm normalises with. Computed in
-    float32, whatever the model's precision, but for a 16-bit convolution's per-sample
-    kernel gradients: in its own precision, as its training gradients are (its inputs and
-    output gradients are 16-bit already), each then squared in float32.
+    inputs: the layer's `_prepared_inputs`. deltas: the gradients of L_t (summed over
+    samples) at the layer's output, one per chunk up to t's (zero beyond t: L_t cannot depend
+    on later timesteps), or for the stem, which runs once and feeds every timestep, one.
+    Computed in float32, whatever the model's precision, but for a 16-bit convolution's
+    per-sample kernel gradients: in its own precision, as its training gradients are (its
+    inputs and output gradients are 16-bit already), each then squared in float32.
     """
-    rows = _sample_major(tf.cast(delta, tf.float32))
-    if isinstance(layer, (keras.layers.BatchNormalization, TemporalBatchNorm)):
-        features = _bn_features(layer, layer_input, statistics)
-        if isinstance(layer, TemporalBatchNorm):  # always with scale and offset
-            return (_sq_norm_of_sums(layer, rows, delta.shape[1])
-                    + _sq_norm_of_sums(layer, rows * features, delta.shape[1]))
-        total = _sum_over_positions_sq(rows) if layer.center else 0.0
-        if layer.scale:
-            total += _sum_over_positions_sq(rows * features)
-        return total
-    if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size != (1, 1):
-        total = _conv_sq_norm(layer, tf.cast(layer_input, layer.compute_dtype),
-                              tf.cast(delta, layer.compute_dtype))
+    layer = spec.layer
+    if _is_batch_norm(layer):
+        rows = [_frames_major(tf.cast(delta, tf.float32), spec.node) for delta in deltas]
+        offset = tf.concat([tf.reduce_sum(row, 2) for row in rows], 1)
+        scale = tf.concat([tf.reduce_sum(row * features, 2)
+                           for row, features in zip(rows, inputs)], 1)
+        if isinstance(layer, TemporalBatchNorm):  # always with offset and scale
+            return _sq_norm_of_sums(layer, offset) + _sq_norm_of_sums(layer, scale)
+        return ((_sq_norm_of_sums(layer, offset) if layer.center else 0.0)
+                + (_sq_norm_of_sums(layer, scale) if layer.scale else 0.0))
+    if _is_spatial_conv(layer):
+        # The first t frames (the stem's one); slicing the leading axis copies nothing.
+        frames = timesteps if _is_time_major(spec.node) else 1
+        total = _conv_sq_norm(layer, inputs[:frames], tf.concat(
+            [_samples_as_channels(tf.cast(delta, layer.compute_dtype))
+             for delta in deltas], 0)[:frames])
     else:
-        layer_input = tf.cast(layer_input, tf.float32)
-        if isinstance(layer, keras.layers.Conv2D):  # 1x1: every stride-th pixel
-            step_y, step_x = layer.strides
-            layer_input = layer_input[..., ::step_y, ::step_x, :]
-        total = _sum_sq_products(_sample_major(layer_input), rows)
-    return total + _sum_over_positions_sq(rows) if layer.use_bias else total
-
-
-def _sum_over_positions_sq(terms):
-    """sum_n ||sum_positions terms_n||^2 for `[n, positions, C]`: a bias-like parameter's."""
-    return tf.reduce_sum(tf.square(tf.reduce_sum(terms, 1)))
+        total = _sum_sq_products(tf.concat(inputs[:len(deltas)], 1), tf.concat(
+            [_sample_major(tf.cast(delta, tf.float32)) for delta in deltas], 1))
+    if not layer.use_bias:
+        return total
+    return total + tf.reduce_sum(tf.square(tf.add_n(
+        [tf.reduce_sum(_sample_major(tf.cast(delta, tf.float32)), 1) for delta in deltas])))
 
 
 class _ExactFisher:
@@ -343,30 +372,28 @@ class _ExactFisher:
                 tf.concat(logits[:reached[t]], 1),
                 labels if labels.shape.rank == 1 else labels[:, :reached[t] * chunk]
             )[:, t - 1]) for t in range(1, self.timesteps + 1)]
+        # Each layer's inputs, as its per-sample gradients read them, made once for every t.
+        inputs = [_prepared_inputs(spec, [pieces[i][0] for pieces in records]
+                                   if _is_time_major(spec.node) else [records[0][i][0]],
+                                   statistics.get(spec.layer), chunk)
+                  for i, spec in enumerate(self.layers)]
         per_t, previous = [], []
         for t, loss in enumerate(loss_per_t, start=1):
-            # The layers' inputs and outputs in the chunks up to t's (the stem's: once).
-            pairs = [[pieces[i] for pieces in records[:reached[t]]]
-                     if _is_time_major(spec.node) else records[0][i:i + 1]
-                     for i, spec in enumerate(self.layers)]
+            # The layers' outputs in the chunks up to t's (the stem's: once).
+            outputs = [[pieces[i][1] for pieces in records[:reached[t]]]
+                       if _is_time_major(spec.node) else [records[0][i][1]]
+                       for i, spec in enumerate(self.layers)]
             # One t at a time: unordered, all T sets of output gradients would be live at once
             # (memory ~ batch x T^2 activations); two at a time were 3% faster and took 0.4 GB
             # more at T=10, batch 32.
             with tf.control_dependencies(previous):
                 deltas = iter(tape.gradient(
-                    loss, [output for pieces in pairs for _, output in pieces],
+                    loss, [output for pieces in outputs for output in pieces],
                     unconnected_gradients=tf.UnconnectedGradients.ZERO))
                 per_block = [0.0] * len(self.blocks)
-                for spec, pieces in zip(self.layers, pairs):
-                    delta = _first_steps(tf.concat([next(deltas) for _ in pieces], 1), t,
-                                         spec.node)
-                    # Not before its delta: the inputs and normalised inputs of every layer,
-                    # made at once, would raise the peak memory.
-                    with tf.control_dependencies([delta]):
-                        layer_input = _first_steps(
-                            tf.concat([inputs for inputs, _ in pieces], 1), t, spec.node)
-                        per_block[spec.block] += _layer_sq_norm(
-                            spec.layer, layer_input, delta, statistics.get(spec.layer))
+                for spec, layer_inputs, pieces in zip(self.layers, inputs, outputs):
+                    per_block[spec.block] += _layer_sq_norm(
+                        spec, layer_inputs, [next(deltas) for _ in pieces], t)
             per_t.append(tf.stack(per_block))
             previous = per_t[-1:]
         return tf.stack(per_t, axis=1)  # [blocks, T]
@@ -374,8 +401,7 @@ class _ExactFisher:
     def _batch_norm_statistics(self, images):
         """{batch-norm layer: (mean, variance)} it normalises with: the moving statistics, or
         this batch's moments (from a pass over all timesteps: shared statistics need them)."""
-        norms = [spec for spec in self.layers
-                 if isinstance(spec.layer, (keras.layers.BatchNormalization, TemporalBatchNorm))]
+        norms = [spec for spec in self.layers if _is_batch_norm(spec.layer)]
         if self.bn_statistics == "moving":
             return {spec.layer: _moving_statistics(spec.layer, self.timesteps) for spec in norms}
         _, pairs = run_layers(self.model, images, substitute=self.substitutes,
