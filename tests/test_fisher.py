@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.errors import UserError
-from tic_tf.fisher import (block_of, gumbel_noise, information_centroid, sample_model_labels,
-                           temporal_fisher)
+from tic_tf.fisher import (_by_grouped_conv, _parameter_layers, block_of, gumbel_noise,
+                           information_centroid, sample_model_labels, temporal_fisher)
 from tic_tf.losses import per_timestep_losses
 from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
 
@@ -113,6 +113,24 @@ def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
         result = temporal_fisher(model, (images, labels), 3, batch_size=3)
         np.testing.assert_allclose(result.values, brute_force(model, images, labels)[0],
                                    rtol=1e-4)
+
+
+def test_exact_fisher_through_image_patches_matches_brute_force():
+    """On 8x8 images the later 3x3 convolutions have few pixels and many channels: their
+    per-sample gradients come from image patches, the others' from a grouped convolution."""
+    model = active_model("resnet19", (8, 8, 1), seed=0)
+    by_patches = {spec.layer.name for spec in _parameter_layers(model)[0]
+                  if spec.layer.name.endswith("_1_conv") and not _by_grouped_conv(spec, STEPS)}
+    assert by_patches == {f"stage{s}_block{b}_1_conv" for s, b in
+                          ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))}
+    rng = np.random.default_rng(2)
+    images = rng.random((3, 8, 8, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 3).astype(np.int32)
+    result = temporal_fisher(model, (images, labels), 3, per_layer=True, batch_size=3)
+    expected, expected_blocks = brute_force(model, images, labels)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    for block, values in expected_blocks.items():
+        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
 
 
 def reference_batch_mean(model, images, labels, batch_size, training):
