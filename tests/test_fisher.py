@@ -56,6 +56,19 @@ def brute_force(model, images, labels, blocks=None):
     return values / len(images), {k: v / len(images) for k, v in per_block.items()}
 
 
+def assert_matches_brute_force(model, images, labels, batch_size):
+    """temporal_fisher's I_t and I_t per block against `brute_force`; returns its result and
+    the brute-force I_t."""
+    result = temporal_fisher(model, (images, labels), len(images), per_layer=True,
+                             batch_size=batch_size)
+    expected, expected_blocks = brute_force(model, images, labels)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
+    assert set(result.per_layer) == set(expected_blocks)
+    for block, values in expected_blocks.items():
+        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
+    return result, expected
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = active_model()
@@ -67,13 +80,8 @@ def setup():
 
 def test_exact_fisher_matches_per_sample_brute_force(setup):
     model, images, labels = setup
-    result = temporal_fisher(model, (images, labels), 6, per_layer=True, batch_size=4)
-    expected, expected_blocks = brute_force(model, images, labels)
+    result, expected = assert_matches_brute_force(model, images, labels, batch_size=4)
     assert expected.min() > 0
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
-    assert set(result.per_layer) == set(expected_blocks)
-    for block, values in expected_blocks.items():
-        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
     assert result.centroid == pytest.approx(information_centroid(expected), rel=1e-5)
 
 
@@ -126,11 +134,7 @@ def test_exact_fisher_through_image_patches_matches_brute_force():
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
-    result = temporal_fisher(model, (images, labels), 3, per_layer=True, batch_size=3)
-    expected, expected_blocks = brute_force(model, images, labels)
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
-    for block, values in expected_blocks.items():
-        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
+    assert_matches_brute_force(model, images, labels, batch_size=3)
 
 
 def reference_batch_mean(model, images, labels, batch_size, training):
@@ -215,11 +219,7 @@ def test_exact_fisher_with_per_timestep_scale_and_offset_run_beyond_its_timestep
     rng = np.random.default_rng(4)
     images = rng.random((4, 28, 28, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 4).astype(np.int32)
-    result = temporal_fisher(model, (images, labels), 4, per_layer=True, batch_size=4)
-    expected, expected_blocks = brute_force(model, images, labels)
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
-    for block, values in expected_blocks.items():
-        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
+    assert_matches_brute_force(model, images, labels, batch_size=4)
 
 
 def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):
