@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.errors import UserError
-from tic_tf.fisher import (_by_grouped_conv, _parameter_layers, block_of, gumbel_noise,
-                           information_centroid, sample_model_labels, temporal_fisher)
+from tic_tf.fisher import (_conv_route, _parameter_layers, _shifted_gram, block_of,
+                           gumbel_noise, information_centroid, sample_model_labels,
+                           temporal_fisher)
 from tic_tf.losses import per_timestep_losses
 from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
 
@@ -125,16 +126,33 @@ def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
 
 def test_exact_fisher_through_image_patches_matches_brute_force():
     """On 8x8 images the later 3x3 convolutions have few pixels and many channels: their
-    per-sample gradients come from image patches, the others' from a grouped convolution."""
+    per-sample gradients come from the Gram matrix of their image patches (made from the
+    pixels' for stride 1, from the patches themselves for stride 2), the others' from a
+    grouped convolution."""
     model = active_model("resnet19", (8, 8, 1), seed=0)
-    by_patches = {spec.layer.name for spec in _parameter_layers(model)[0]
-                  if spec.layer.name.endswith("_1_conv") and not _by_grouped_conv(spec, STEPS)}
-    assert by_patches == {f"stage{s}_block{b}_1_conv" for s, b in
-                          ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))}
+    routes = {}
+    for spec in _parameter_layers(model)[0]:
+        routes.setdefault(_conv_route(spec, STEPS), set()).add(spec.layer.name)
+    assert routes["patches"] == {"stage2_block1_1_conv", "stage3_block1_1_conv"}
+    assert routes["shifted_gram"] == {f"stage{s}_block{b}_{c}_conv" for s, b, c in (
+        (2, 1, 2), (2, 2, 1), (2, 2, 2), (2, 3, 1), (2, 3, 2), (3, 1, 2), (3, 2, 1), (3, 2, 2))}
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
     assert_matches_brute_force(model, images, labels, batch_size=3)
+
+
+@pytest.mark.parametrize("kernel_size, padding", [(3, "same"), (3, "valid"), ((2, 3), "same")])
+def test_shifted_gram_is_the_gram_matrix_of_the_image_patches(kernel_size, padding):
+    layer = keras.layers.Conv2D(4, kernel_size, padding=padding)
+    layer.build((None, 5, 6, 3))
+    images = np.random.default_rng(0).normal(size=(2, 2, 5, 6, 3)).astype(np.float32)
+    patches = tf.image.extract_patches(images.reshape(4, 5, 6, 3), [1, *layer.kernel_size, 1],
+                                       [1, 1, 1, 1], [1, 1, 1, 1], padding.upper())
+    patches = tf.reshape(patches, [2, -1, patches.shape[-1]])  # [samples, frames x pixels, ...]
+    np.testing.assert_allclose(_shifted_gram(layer, images),
+                               tf.matmul(patches, patches, transpose_b=True), rtol=1e-5,
+                               atol=1e-5)
 
 
 def reference_batch_mean(model, images, labels, batch_size, training):

@@ -13,7 +13,8 @@ input; for each t one backward pass gives the output gradients of the loss L_t o
 at once (samples are independent with batch-norm in inference mode, or with batch moments held
 constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a grouped
 convolution's kernel gradient, a batched matrix product, or, where cheaper, the Gram-matrix
-identity ||X^T D||^2 = sum((X X^T) * (D D^T)). The forward pass runs in a few chunks of
+identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (for a convolution, X X^T of its image patches
+follows from its pixels' Gram matrix, made once for every t). The forward pass runs in a few chunks of
 timesteps (`tic_tf.models.stepwise`), so that L_t's backward pass covers the chunks up to t's
 only and its products timesteps 1..t (L_t cannot depend on later ones), and the T backward
 passes run one at a time, so that one set of output gradients is live at once. No Python
@@ -239,23 +240,69 @@ def _is_time_major(node):
     return isinstance(node, (TimeFolded, TemporalBatchNorm))
 
 
-def _by_grouped_conv(spec, timesteps):
-    """Whether a convolution's per-sample kernel gradients are best one grouped backward-filter
-    convolution (`_conv_sq_norm`) or, from its input's image patches, `_sum_sq_products`.
+def _conv_route(spec, timesteps):
+    """How a convolution's per-sample kernel gradients are computed (None for other layers):
 
-    The grouped convolution writes every sample's kernel gradient (batch x kernel floats) for
-    each t. Where the Gram identity is the cheaper product for t up to half of T (few output
-    pixels and many channels, as in the last stage), the patches are cheaper, and small: the 4x4
-    stage of the benchmark's ResNet19 took 0.68-0.69 s per T=4 batch against 0.75-0.79 s,
-    3.43-3.49 s against 3.58-3.59 s at T=10, in the same peak memory (the 8x8 stage, which
-    the rule leaves grouped, gained under 2% for 0.3 GB more at T=4)."""
+    - "shifted_gram": the Gram identity, with the image patches' Gram matrix made once for
+      every t from the pixels' (`_shifted_gram`), where the products are fewer than the grouped
+      convolution's and that matrix is at most twice the size of the input it stands for (its
+      size grows as T^2): stride-1 convolutions over few pixels and many channels, such as the
+      8x8 (at T=4) and 4x4 stages of the benchmark's ResNet19;
+    - "patches": from the image patches, `_sum_sq_products`, where the Gram identity is the
+      cheaper product for t up to half of T;
+    - "grouped": otherwise, one grouped backward-filter convolution per t (`_conv_sq_norm`).
+
+    Products counted per sample over t = 1..T; the grouped convolution writes every sample's
+    kernel gradient (kh kw C_in C_out) for each t.
+    """
     layer = spec.layer
     if not isinstance(layer, keras.layers.Conv2D) or layer.kernel_size == (1, 1):
-        return False
-    frames = math.ceil(timesteps / 2) if _is_time_major(spec.node) else 1
-    positions = frames * int(np.prod(spec.node.output.shape[-3:-1]))
-    a, b = int(np.prod(layer.kernel.shape[:3])), layer.filters
-    return positions * (a + b) >= a * b
+        return None
+    frames = timesteps if _is_time_major(spec.node) else 1
+    per_t = range(1, timesteps + 1) if frames > 1 else [1] * timesteps  # frames up to each t
+    pixels, in_pixels = (int(np.prod(tensor.shape[-3:-1]))
+                         for tensor in (spec.node.output, spec.node.input))
+    patch, filters = int(np.prod(layer.kernel.shape[:3])), layer.filters
+    channels = layer.kernel.shape[2]
+    if (layer.strides == (1, 1) and layer.dilation_rate == (1, 1)
+            and frames * pixels <= 2 * channels
+            and ((frames * in_pixels) ** 2 * channels + sum((f * pixels) ** 2 * filters
+                                                           for f in per_t)
+                 < sum(f * pixels * patch * filters for f in per_t))):
+        return "shifted_gram"
+    half = math.ceil(timesteps / 2) if frames > 1 else 1
+    return "patches" if half * pixels * (patch + filters) < patch * filters else "grouped"
+
+
+def _shifted_gram(layer, tensor):
+    """The Gram matrix of a stride-1 convolution's image patches, `[n, frames P, frames P]`,
+    of `tensor` `[n, frames..., H, W, C]` (P output pixels), in float32.
+
+    A patch is kh kw pixels, so the patches' inner product is a sum of the pixels' inner
+    products over the kernel's offsets: made from the pixels' Gram matrix (P^2 C per frame
+    pair, against P^2 kh kw C from the patches), once for every t."""
+    samples = tf.shape(tensor)[0]
+    frames = int(np.prod(tensor.shape[1:-3]))
+    height, width, channels = tensor.shape[-3:]
+    pixels = tf.reshape(tf.cast(tensor, tf.float32), [samples, -1, channels])
+    gram = tf.reshape(tf.matmul(pixels, pixels, transpose_b=True),
+                      [samples, frames, height, width, frames, height, width])
+    patches = _sum_over_offsets(gram, layer.kernel_size, layer.padding)
+    size = frames * patches.shape[2] * patches.shape[3]
+    return tf.reshape(patches, [samples, size, size])
+
+
+@tf.function(jit_compile=True)  # one fused pass: unfused, the padded copies and slices took
+def _sum_over_offsets(gram, kernel_size, padding):  # 88 against 32 ms at T=10 (8x8x128)
+    """sum over offsets o of gram[p + o, q + o], for the pixels' Gram matrix `gram`
+    `[n, F, H, W, F, H, W]` and a stride-1 kernel: the Gram matrix of its image patches."""
+    (kh, kw), (height, width) = kernel_size, gram.shape[2:4]
+    if padding == "same":  # TensorFlow pads (k - 1) // 2 before, the rest after
+        rows, cols = ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)
+        gram = tf.pad(gram, [[0, 0], [0, 0], rows, cols, [0, 0], rows, cols])
+    out_h, out_w = gram.shape[2] - kh + 1, gram.shape[3] - kw + 1
+    gram = tf.add_n([gram[:, :, i:i + out_h, :, :, i:i + out_h] for i in range(kh)])
+    return tf.add_n([gram[:, :, :, j:j + out_w, :, :, j:j + out_w] for j in range(kw)])
 
 
 def _patches(layer, tensor):
@@ -281,17 +328,22 @@ def _prepared_inputs(spec, pieces, statistics, chunk, timesteps):
     """What the per-sample gradients of `spec`'s layer read of its input, made once for every
     t from the input's `pieces` (one per chunk of timesteps, or the stem's one):
 
-    - a convolution `_by_grouped_conv`: the samples as channels, `[frames, H, W, n C]`, in its
-      precision;
+    - a convolution by the "grouped" `_conv_route`: the samples as channels, `[frames, H, W,
+      n C]`, in its precision;
+    - by the "shifted_gram" one: its image patches' Gram matrix over all frames, `[n, frames P,
+      frames P]` (float32);
     - any other convolution: per chunk its image patches `[n, positions, kh kw C]` (float32);
     - a batch-norm: the input standardised with `statistics`, per chunk `[n, frames,
       positions, C]` (float32);
     - a Dense layer: per chunk `[n, positions, C]` (float32).
     """
     layer = spec.layer
-    if _by_grouped_conv(spec, timesteps):
+    route = _conv_route(spec, timesteps)
+    if route == "grouped":
         return tf.concat([_samples_as_channels(tf.cast(piece, layer.compute_dtype))
                           for piece in pieces], 0)
+    if route == "shifted_gram":
+        return _shifted_gram(layer, tf.concat(pieces, 1))
     if _is_batch_norm(layer):
         return [_frames_major(_standardized(layer, piece, statistics, index * chunk), spec.node)
                 for index, piece in enumerate(pieces)]
@@ -347,12 +399,18 @@ def _layer_sq_norm(spec, inputs, deltas, timesteps, total_timesteps):
             return _sq_norm_of_sums(layer, offset) + _sq_norm_of_sums(layer, scale)
         return ((_sq_norm_of_sums(layer, offset) if layer.center else 0.0)
                 + (_sq_norm_of_sums(layer, scale) if layer.scale else 0.0))
-    if _by_grouped_conv(spec, total_timesteps):
+    route = _conv_route(spec, total_timesteps)
+    frames = timesteps if _is_time_major(spec.node) else 1
+    if route == "grouped":
         # The first t frames (the stem's one); slicing the leading axis copies nothing.
-        frames = timesteps if _is_time_major(spec.node) else 1
         total = _conv_sq_norm(layer, inputs[:frames], tf.concat(
             [_samples_as_channels(tf.cast(delta, layer.compute_dtype))
              for delta in deltas], 0)[:frames])
+    elif route == "shifted_gram":  # ||X^T D||^2 = sum(D * (X X^T) D), of the first t frames
+        delta = tf.cast(tf.concat(deltas, 1), tf.float32)
+        delta = _sample_major(delta[:, :frames] if _is_time_major(spec.node) else delta)
+        size = delta.shape[1]
+        total = tf.reduce_sum(delta * tf.matmul(inputs[:, :size, :size], delta))
     else:
         total = _sum_sq_products(tf.concat(inputs[:len(deltas)], 1), tf.concat(
             [_sample_major(tf.cast(delta, tf.float32)) for delta in deltas], 1))
