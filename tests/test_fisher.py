@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.errors import UserError
-from tic_tf.fisher import (_conv_route, _parameter_layers, _shifted_gram, block_of,
-                           gumbel_noise, information_centroid, sample_model_labels,
-                           temporal_fisher)
+from tic_tf.fisher import (_conv_route, _conv_sq_norm, _parameter_layers, _patches,
+                           _samples_as_channels, _shifted_gram, block_of, gumbel_noise,
+                           information_centroid, sample_model_labels, temporal_fisher)
+from tic_tf.kernels import grouped_filter_gradient
 from tic_tf.losses import per_timestep_losses
 from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
 
@@ -96,9 +97,11 @@ def test_model_label_fisher_matches_brute_force_with_the_same_draws(setup):
     np.testing.assert_allclose(result.values, expected, rtol=1e-4)
 
 
-def test_exact_fisher_of_a_bfloat16_model_matches_its_per_sample_gradients():
-    """Its convolutions' per-sample kernel gradients come out in bfloat16, as the model's own
-    gradients do."""
+def test_exact_fisher_of_a_bfloat16_model_matches_its_per_sample_gradients(grouped_kernels):
+    """With the grouped convolution its convolutions' per-sample kernel gradients come out in
+    bfloat16, as the model's own gradients do; without it (Eigen has no bfloat16 grouped
+    kernel, nor a float32 one), from the same bfloat16 inputs and output gradients multiplied
+    in float32, which here agrees as closely."""
     set_precision("bfloat16")
     try:
         model = active_model(seed=5)
@@ -124,22 +127,61 @@ def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
                                    rtol=1e-4)
 
 
-def test_exact_fisher_through_image_patches_matches_brute_force():
+@pytest.fixture(params=["grouped", "no_grouped"])
+def grouped_kernels(request, monkeypatch):
+    """Runs a test with the grouped backward-filter convolution (where this process's kernels
+    have it: oneDNN, cuDNN) and as on a backend without it (Eigen), whatever the machine."""
+    if request.param == "no_grouped":
+        monkeypatch.setattr("tic_tf.fisher.grouped_filter_gradient", lambda dtype: False)
+    elif not grouped_filter_gradient("float32"):
+        pytest.skip("this TensorFlow's kernels have no grouped backward-filter convolution "
+                    "(Eigen); TF_ENABLE_ONEDNN_OPTS=1 or a GPU covers that route")
+    return request.param == "grouped"
+
+
+def test_exact_fisher_through_every_convolution_route_matches_brute_force(grouped_kernels):
     """On 8x8 images the later 3x3 convolutions have few pixels and many channels: their
     per-sample gradients come from the Gram matrix of their image patches (made from the
     pixels' for stride 1, from the patches themselves for stride 2), the others' from a
-    grouped convolution."""
+    grouped convolution, or without one from their image patches."""
     model = active_model("resnet19", (8, 8, 1), seed=0)
     routes = {}
     for spec in _parameter_layers(model)[0]:
         routes.setdefault(_conv_route(spec, STEPS), set()).add(spec.layer.name)
-    assert routes["patches"] == {"stage2_block1_1_conv", "stage3_block1_1_conv"}
-    assert routes["shifted_gram"] == {f"stage{s}_block{b}_{c}_conv" for s, b, c in (
+    shifted_gram = {f"stage{s}_block{b}_{c}_conv" for s, b, c in (
         (2, 1, 2), (2, 2, 1), (2, 2, 2), (2, 3, 1), (2, 3, 2), (3, 1, 2), (3, 2, 1), (3, 2, 2))}
+    grouped = {"stem_conv"} | {f"stage1_block{b}_{c}_conv" for b in (1, 2, 3) for c in (1, 2)}
+    assert routes["shifted_gram"] == shifted_gram
+    patches = {"stage2_block1_1_conv", "stage3_block1_1_conv"}
+    if grouped_kernels:
+        assert routes["grouped"] == grouped and routes["patches"] == patches
+    else:
+        assert "grouped" not in routes and routes["patches"] == patches | grouped
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
     assert_matches_brute_force(model, images, labels, batch_size=3)
+
+
+def test_the_grouped_kernel_probe_tells_whether_the_estimator_can_use_it():
+    """The probe's answer against the grouped backward-filter convolution itself, at the size
+    of a real layer: it runs, and then agrees with the image patches' route, exactly where the
+    probe says it can."""
+    layer = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
+    layer.build((None, 7, 7, 5))
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(4, 2, 7, 7, 5)).astype(np.float32)   # 4 samples, 2 frames
+    delta = rng.normal(size=(4, 2, 7, 7, 6)).astype(np.float32)
+    per_sample = tf.matmul(_patches(layer, inputs), delta.reshape(4, -1, 6), transpose_a=True)
+    expected = float(tf.reduce_sum(tf.square(per_sample)))
+    try:
+        got = float(tf.function(_conv_sq_norm)(layer, _samples_as_channels(inputs),
+                                               _samples_as_channels(delta)))
+    except tf.errors.InvalidArgumentError:
+        assert not grouped_filter_gradient("float32")
+        return
+    assert grouped_filter_gradient("float32")
+    assert got == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("kernel_size, padding", [(3, "same"), (3, "valid"), ((2, 3), "same")])

@@ -32,6 +32,7 @@ import tensorflow as tf
 from tic_tf.compiled import cached
 from tic_tf.data import to_unit_range
 from tic_tf.errors import UserError
+from tic_tf.kernels import grouped_filter_gradient
 from tic_tf.losses import accumulated_logits, per_timestep_losses
 from tic_tf.models import BN_STATISTICS, TemporalBatchNorm, TimeFolded, timesteps_of
 from tic_tf.models.graph import run_layers
@@ -250,7 +251,10 @@ def _conv_route(spec, timesteps):
       8x8 (at T=4) and 4x4 stages of the benchmark's ResNet19;
     - "patches": from the image patches, `_sum_sq_products`, where the Gram identity is the
       cheaper product for t up to half of T;
-    - "grouped": otherwise, one grouped backward-filter convolution per t (`_conv_sq_norm`).
+    - "grouped": otherwise, one grouped backward-filter convolution per t (`_conv_sq_norm`),
+      where this process's kernels run it in the layer's precision
+      (`kernels.grouped_filter_gradient`: oneDNN and cuDNN do, Eigen does not); else
+      "patches", whose batched matrix products every backend has.
 
     Products counted per sample over t = 1..T; the grouped convolution writes every sample's
     kernel gradient (kh kw C_in C_out) for each t.
@@ -271,7 +275,10 @@ def _conv_route(spec, timesteps):
                  < sum(f * pixels * patch * filters for f in per_t))):
         return "shifted_gram"
     half = math.ceil(timesteps / 2) if frames > 1 else 1
-    return "patches" if half * pixels * (patch + filters) < patch * filters else "grouped"
+    if (half * pixels * (patch + filters) < patch * filters
+            or not grouped_filter_gradient(layer.compute_dtype)):
+        return "patches"
+    return "grouped"
 
 
 def _shifted_gram(layer, tensor):
