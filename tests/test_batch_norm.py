@@ -224,7 +224,7 @@ with tf.GradientTape() as tape:
 expected_d_x, expected_d_gamma = tape.gradient(loss, [x, single.gamma])
 print(float(np.max(np.abs(outputs - expected))), float(variance_error),
       float(np.max(np.abs(d_x - expected_d_x))),
-      float(np.max(np.abs(d_gamma - expected_d_gamma))))
+      float(np.max(np.abs(d_gamma - expected_d_gamma)) / np.max(np.abs(expected_d_gamma))))
 """
 
 
@@ -232,6 +232,9 @@ def test_per_timestep_statistics_and_gradients_are_those_of_the_global_batch_on_
     result = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    # Outputs, variance and input gradients are of order one: absolute errors. The scale's
+    # gradient sums over every element (about 50 here), and the replicas sum it in another
+    # order than one device: its error relative to its size, which is a few float32 ulps.
     errors = list(map(float, result.stdout.split()[-4:]))
     assert max(errors) < 1e-5, errors
 
