@@ -2,6 +2,7 @@
 written, and the dense ceiling network."""
 import json
 import os
+import re
 import sys
 
 import keras
@@ -10,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_tool
-from tic_tf import timing
-from tic_tf.benchmarking import StepTimer, add_ratios
+from tic_tf import benchmarking, timing
+from tic_tf.benchmarking import BenchmarkConfig, StepTimer, add_ratios, benchmark
+from tic_tf.errors import UserError
 from tic_tf.models import build_model, lif_layers, relu_twin, run_layers, with_timesteps
 
 
@@ -37,7 +39,6 @@ def test_median_time_is_the_median_of_the_timed_runs_after_a_warm_up(monkeypatch
 
 
 def test_step_timer_measures_from_the_first_to_the_last_step(monkeypatch):
-    import tic_tf.benchmarking as benchmarking
     clock = FakeClock()
     monkeypatch.setattr(benchmarking, "time", clock)
     timer = StepTimer()
@@ -148,6 +149,29 @@ def test_benchmark_times_the_peer_at_the_same_settings_and_divides(tmp_path):
         assert ours["infer_img_s_vs_peer"] == pytest.approx(ours["infer_img_s"] / 40.0)
         assert ours["fisher_curve_vs_peer"] == pytest.approx(8.0 / ours["fisher_curve_s"])
     assert "| bfloat16 | 2 | peer, m-step | 20.0 | 40.0 |" in result.stdout
+
+
+def test_a_figure_that_fails_is_reported_and_the_figures_measured_are_kept(tmp_path,
+                                                                         monkeypatch):
+    """As the exact Fisher failed where a kernel was missing: the training and inference
+    figures measured before it are written, the failure named, and the run ends in an error."""
+    def missing_kernel(*args, **kwargs):
+        raise tf.errors.InvalidArgumentError(None, None, "filter_size does not have enough "
+                                             "elements\n\t[[{{node Conv2DBackpropFilter}}]]")
+    monkeypatch.setattr(benchmarking, "temporal_fisher", missing_kernel)
+    monkeypatch.setattr(benchmarking, "in_fresh_process", lambda fn, *args: fn(*args))
+    path = tmp_path / "bench.json"
+    config = BenchmarkConfig(width=0.0625, timesteps=(2,), batch_size=4, train_steps=1,
+                             fisher_samples=8, repeats=1, skip=("ceiling", "pgd"),
+                             json=str(path))
+    with pytest.raises(UserError, match=re.escape(
+            "some figures could not be measured: T=2 none fisher: InvalidArgumentError: "
+            f"filter_size does not have enough elements; the figures measured are in {path}")):
+        benchmark(config)
+    (run,) = json.loads(path.read_text())["runs"]
+    assert set(run) == {"precision", "system", "timesteps", "train_img_s", "peak_memory_mb",
+                        "infer_img_s", "failed"}
+    assert run["infer_img_s"] > run["train_img_s"]
 
 
 def test_ratios_to_the_peer_cover_only_the_figures_measured():

@@ -27,6 +27,7 @@ shared over time), and the table gains its rows and tic_tf's ratios to it.
 """
 import dataclasses
 import json
+from concurrent.futures.process import BrokenProcessPool
 import os
 import subprocess
 import time
@@ -125,6 +126,8 @@ def train_seconds_per_step(config, model, images, labels):
 
 
 def bench(config, timesteps):
+    """The figures of `config` at `timesteps`. A figure that fails (a kernel this machine
+    lacks, memory) is reported under "failed" and the others are still measured."""
     batch = config.batch_size
     rng = np.random.default_rng(0)
     images = rng.random((max(batch, config.fisher_samples), 32, 32, 3), dtype=np.float32)
@@ -133,33 +136,47 @@ def bench(config, timesteps):
     keras.utils.set_random_seed(0)
     model = build_model(config.arch, 10, timesteps, (32, 32, 3), width=config.width,
                         batch_norm=config.batch_norm, recompute=config.recompute)
-    figures = {"timesteps": timesteps}
-    if "train" not in config.skip:
+
+    def train():
         with PeakMemory() as peak:
-            figures["train_img_s"] = batch / train_seconds_per_step(config, model, x, y)
-        figures["peak_memory_mb"] = peak.mb
-    if "infer" not in config.skip:
+            throughput = batch / train_seconds_per_step(config, model, x, y)
+        return {"train_img_s": throughput, "peak_memory_mb": peak.mb}
+
+    def infer():
         served = fold_batch_norm(model)
-        infer = tf.function(lambda images: served(images, training=False),
-                            jit_compile=config.xla)
-        figures["infer_img_s"] = batch / median_time(lambda: infer(x).numpy(), config.repeats)
-    if "ceiling" not in config.skip:
+        run = tf.function(lambda images: served(images, training=False), jit_compile=config.xla)
+        return {"infer_img_s": batch / median_time(lambda: run(x).numpy(), config.repeats)}
+
+    def ceiling():
         dense_x = tf.constant(np.resize(images, (timesteps * batch, 32, 32, 3)))
         dense_y = tf.constant(np.resize(labels, timesteps * batch))
-        figures["ceiling_img_s"] = batch / train_seconds_per_step(config, relu_twin(model), dense_x,
-                                                                  dense_y)
-    if "fisher" not in config.skip:
+        return {"ceiling_img_s": batch / train_seconds_per_step(config, relu_twin(model),
+                                                                dense_x, dense_y)}
+
+    def fisher():
         data = (images[:config.fisher_samples], labels[:config.fisher_samples])
-        figures["fisher_curve_s"] = median_time(
+        return {"fisher_curve_s": median_time(
             lambda: temporal_fisher(model, data, config.fisher_samples, batch_size=batch),
-            config.repeats)
-    if "pgd" not in config.skip:
-        attack = median_time(lambda: pgd(model, x, y, iterations=10,
-                                         jit_compile=config.xla).numpy(), config.repeats)
+            config.repeats)}
+
+    def attack():
+        attacked = median_time(lambda: pgd(model, x, y, iterations=10,
+                                           jit_compile=config.xla).numpy(), config.repeats)
         gradient = tf.function(loss_gradient(model, None), jit_compile=config.xla)
         one_pass = median_time(lambda: gradient(x, x, y).numpy(), config.repeats)
-        figures["pgd10_s_per_img"] = attack / batch
-        figures["pgd10_passes"] = attack / one_pass
+        return {"pgd10_s_per_img": attacked / batch, "pgd10_passes": attacked / one_pass}
+
+    figures = {"timesteps": timesteps}
+    for name, measure in (("train", train), ("infer", infer), ("ceiling", ceiling),
+                          ("fisher", fisher), ("pgd", attack)):
+        if name in config.skip:
+            continue
+        try:
+            figures.update(measure())
+        except (tf.errors.OpError, MemoryError) as error:
+            first_line = (getattr(error, "message", None) or str(error)).strip().splitlines()
+            figures.setdefault("failed", {})[name] = (f"{type(error).__name__}: "
+                                                      f"{first_line[0] if first_line else ''}")
     return figures
 
 
@@ -249,18 +266,32 @@ def benchmark(config):
     for precision in config.mixed_precision:
         for timesteps in config.timesteps:
             print(f"Benchmarking T={timesteps}, precision {precision} ...", flush=True)
-            runs = [{"precision": precision, "system": "tic_tf",
-                     **in_fresh_process(bench_at_precision, config, precision, timesteps)}]
+            try:
+                ours = in_fresh_process(bench_at_precision, config, precision, timesteps)
+            except BrokenProcessPool:  # killed: out of memory, or a crash in a kernel
+                ours = {"timesteps": timesteps,
+                        "failed": {"all": "the measuring process died (out of memory?)"}}
+            runs = [{"precision": precision, "system": "tic_tf", **ours}]
             if python:
                 print(f"Benchmarking the peer at T={timesteps}, precision {precision} ...",
                       flush=True)
-                runs.append({"precision": precision,
-                             **bench_peer(config, python, timesteps, precision)})
-                add_ratios(*runs)
+                try:
+                    peer = bench_peer(config, python, timesteps, precision)
+                except UserError as error:
+                    peer = {"timesteps": timesteps, "system": "peer",
+                            "failed": {"peer": str(error)}}
+                else:
+                    add_ratios(runs[0], peer)
+                runs.append({"precision": precision, **peer})
             results["runs"] += runs
             print(table(runs), flush=True)
             if config.json:  # after every run, so a long benchmark keeps what it measured
                 write_json(config.json, results)
     print(json.dumps(results["machine"]))
     print(table(results["runs"]))
+    failures = [f"T={run['timesteps']} {run['precision']} {figure}: {why}"
+                for run in results["runs"] for figure, why in run.get("failed", {}).items()]
+    if failures:
+        kept = f"; the figures measured are in {config.json}" if config.json else ""
+        raise UserError("some figures could not be measured: " + "; ".join(failures) + kept)
     return results

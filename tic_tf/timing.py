@@ -12,6 +12,8 @@ import time
 import keras
 import tensorflow as tf
 
+from tic_tf import kernels
+
 
 def median_of(measure, repeats):
     """Median of the values `measure()` returns over `repeats` runs, after one warm-up run."""
@@ -43,7 +45,7 @@ def machine(xla):
     """What the figures were measured on."""
     return {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "xla": xla, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-            "python": sys.version.split()[0]}
+            "python": sys.version.split()[0], **kernels.report()}
 
 
 class PeakMemory:

@@ -1,7 +1,10 @@
 """Spiking architectures and `build_model`, which maps images to per-timestep logits."""
+import warnings
+
 import keras
 import tensorflow as tf
 
+from tic_tf.kernels import native_bfloat16
 from tic_tf.models.batch_norm import (BATCH_NORM_MODES, BN_STATISTICS, TemporalBatchNorm,
                                      check_batch_norm_mode)
 from tic_tf.models.cloning import rebuilt
@@ -20,10 +23,15 @@ def set_precision(name):
 
     Convolutions and batch-norm then compute in 16 bits with float32 weights; the LIF membrane,
     its surrogate gradient and the logits stay float32. Keras wraps the optimizer of a float16
-    model in a LossScaleOptimizer at compile time.
+    model in a LossScaleOptimizer at compile time. Warns when bfloat16 is asked for on a CPU
+    that only emulates it (no AVX512-BF16, no AMX), where it is slower than float32.
     """
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {name!r}.")
+    if name == "bfloat16" and native_bfloat16() is False:
+        warnings.warn("bfloat16 on this CPU (no AVX512-BF16, no AMX) is emulated by "
+                      "TensorFlow and slower than float32; use float32 here (precision "
+                      "'none', --mixed_precision=none).", stacklevel=2)
     keras.mixed_precision.set_global_policy(PRECISIONS[name])
 
 
