@@ -143,7 +143,7 @@ def test_exact_fisher_through_every_convolution_route_matches_brute_force(groupe
     """On 8x8 images the later 3x3 convolutions have few pixels and many channels: their
     per-sample gradients come from the Gram matrix of their image patches (made from the
     pixels' for stride 1, from the patches themselves for stride 2), the others' from a
-    grouped convolution, or without one from their image patches."""
+    grouped convolution, or without one from their image patches made for each t."""
     model = active_model("resnet19", (8, 8, 1), seed=0)
     routes = {}
     for spec in _parameter_layers(model)[0]:
@@ -156,7 +156,8 @@ def test_exact_fisher_through_every_convolution_route_matches_brute_force(groupe
     if grouped_kernels:
         assert routes["grouped"] == grouped and routes["patches"] == patches
     else:
-        assert "grouped" not in routes and routes["patches"] == patches | grouped
+        assert "grouped" not in routes and routes["patches"] == patches
+        assert routes["patches_per_t"] == grouped
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)

@@ -138,18 +138,24 @@ def _sample_major(tensor):
     return tf.reshape(tensor, [-1, positions, tensor.shape[-1]])
 
 
-def _sum_sq_products(inputs, delta):
-    """sum_n ||inputs_n^T delta_n||_F^2 for inputs `[n, P, a]` and delta `[n, P, b]`.
+def _sum_sq_products(inputs, deltas):
+    """sum_n ||sum_c inputs_c,n^T deltas_c,n||_F^2 for per-chunk pieces inputs_c `[n, P_c, a]`
+    and deltas_c `[n, P_c, b]`: the per-sample product over all the chunks' positions.
 
-    Whichever is cheaper: the explicit per-sample product (P a b per sample) or the Gram
-    identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (P^2 (a + b) per sample), which wins for
-    a Dense layer's few positions (its timesteps) and many features.
+    Whichever is cheaper: the explicit per-sample product, summed over the chunks without
+    joining them (joining copied every piece again for each t: 1 of 4.3 s of the Fisher curve
+    with oneDNN off, T=4), or the Gram identity ||X^T D||^2 = sum((X X^T) * (D D^T)) over
+    the joined positions (P^2 (a + b) per sample against P a b), which wins for a Dense
+    layer's few positions (its timesteps) and many features.
     """
-    positions, a, b = inputs.shape[1], inputs.shape[2], delta.shape[2]
+    positions = sum(piece.shape[1] for piece in inputs)
+    a, b = inputs[0].shape[2], deltas[0].shape[2]
     if positions * (a + b) < a * b:
+        inputs, delta = tf.concat(inputs, 1), tf.concat(deltas, 1)
         return tf.reduce_sum(tf.matmul(inputs, inputs, transpose_b=True)
                              * tf.matmul(delta, delta, transpose_b=True))
-    return tf.reduce_sum(tf.square(tf.matmul(inputs, delta, transpose_a=True)))
+    return tf.reduce_sum(tf.square(tf.add_n([tf.matmul(piece, delta, transpose_a=True)
+                                             for piece, delta in zip(inputs, deltas)])))
 
 
 def _conv_sq_norm(layer, inputs, delta):
@@ -253,8 +259,10 @@ def _conv_route(spec, timesteps):
       cheaper product for t up to half of T;
     - "grouped": otherwise, one grouped backward-filter convolution per t (`_conv_sq_norm`),
       where this process's kernels run it in the layer's precision
-      (`kernels.grouped_filter_gradient`: oneDNN and cuDNN do, Eigen does not); else
-      "patches", whose batched matrix products every backend has.
+      (`kernels.grouped_filter_gradient`: oneDNN and cuDNN do, Eigen does not);
+    - "patches_per_t": else, the products of "patches", which every backend has, with the
+      image patches extracted anew for each t, one such layer at a time (kept for every t, as
+      "patches" keeps them, they took 1.8 GB more at T=10, batch 32, with oneDNN off).
 
     Products counted per sample over t = 1..T; the grouped convolution writes every sample's
     kernel gradient (kh kw C_in C_out) for each t.
@@ -275,10 +283,9 @@ def _conv_route(spec, timesteps):
                  < sum(f * pixels * patch * filters for f in per_t))):
         return "shifted_gram"
     half = math.ceil(timesteps / 2) if frames > 1 else 1
-    if (half * pixels * (patch + filters) < patch * filters
-            or not grouped_filter_gradient(layer.compute_dtype)):
+    if half * pixels * (patch + filters) < patch * filters:
         return "patches"
-    return "grouped"
+    return "grouped" if grouped_filter_gradient(layer.compute_dtype) else "patches_per_t"
 
 
 def _shifted_gram(layer, tensor):
@@ -342,6 +349,7 @@ def _prepared_inputs(spec, pieces, statistics, chunk, timesteps):
       n C]`, in its precision;
     - by the "shifted_gram" one: its image patches' Gram matrix over all frames, `[n, frames P,
       frames P]` (float32);
+    - by the "patches_per_t" one: per chunk the input itself (float32);
     - any other convolution: per chunk its image patches `[n, positions, kh kw C]` (float32);
     - a batch-norm: the input standardised with `statistics`, per chunk `[n, frames,
       positions, C]` (float32);
@@ -354,6 +362,8 @@ def _prepared_inputs(spec, pieces, statistics, chunk, timesteps):
                           for piece in pieces], 0)
     if route == "shifted_gram":
         return _shifted_gram(layer, tf.concat(pieces, 1))
+    if route == "patches_per_t":  # patches made for each t by `_layer_sq_norm`
+        return [tf.cast(piece, tf.float32) for piece in pieces]
     if _is_batch_norm(layer):
         return [_frames_major(_standardized(layer, piece, statistics, index * chunk), spec.node)
                 for index, piece in enumerate(pieces)]
@@ -422,8 +432,11 @@ def _layer_sq_norm(spec, inputs, deltas, timesteps, total_timesteps):
         size = delta.shape[1]
         total = tf.reduce_sum(delta * tf.matmul(inputs[:, :size, :size], delta))
     else:
-        total = _sum_sq_products(tf.concat(inputs[:len(deltas)], 1), tf.concat(
-            [_sample_major(tf.cast(delta, tf.float32)) for delta in deltas], 1))
+        inputs = inputs[:len(deltas)]
+        if route == "patches_per_t":
+            inputs = [_patches(layer, piece) for piece in inputs]
+        total = _sum_sq_products(inputs, [_sample_major(tf.cast(delta, tf.float32))
+                                          for delta in deltas])
     if not layer.use_bias:
         return total
     return total + tf.reduce_sum(tf.square(tf.add_n(
@@ -484,10 +497,16 @@ class _ExactFisher:
                     loss, [output for pieces in outputs for output in pieces],
                     unconnected_gradients=tf.UnconnectedGradients.ZERO))
                 per_block = [0.0] * len(self.blocks)
+                extracting = []  # the last layer that extracts image patches for this t
                 for spec, layer_inputs, pieces in zip(self.layers, inputs, outputs):
-                    per_block[spec.block] += _layer_sq_norm(
-                        spec, layer_inputs, [next(deltas) for _ in pieces], t,
-                        self.timesteps)
+                    layer_deltas = [next(deltas) for _ in pieces]
+                    # One such layer at a time, or every layer's patches would be live at once.
+                    with tf.control_dependencies(extracting):
+                        value = _layer_sq_norm(spec, layer_inputs, layer_deltas, t,
+                                               self.timesteps)
+                    if _conv_route(spec, self.timesteps) == "patches_per_t":
+                        extracting = [value]
+                    per_block[spec.block] += value
             per_t.append(tf.stack(per_block))
             previous = per_t[-1:]
         return tf.stack(per_t, axis=1)  # [blocks, T]
