@@ -21,13 +21,13 @@ import os
 import numpy as np
 from absl import app, flags
 
+from tic_tf import cli  # first: the commands' environment, before TensorFlow
 from tic_tf import checkpoints, plots
-from tic_tf.windows import window_accuracies
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import read_metrics
-from tic_tf import cli
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
+from tic_tf.windows import window_accuracies
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import BN_STATISTICS, time_specific_twin
 

@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags
 
+from tic_tf import cli  # noqa: F401  (first: the commands' environment, before TensorFlow)
 from tic_tf.errors import UserError
 from tic_tf.experiments import EXPERIMENTS, SCALES, DataSources, run_experiment
 

@@ -7,9 +7,13 @@ import dataclasses
 import os
 import sys
 
-# TensorFlow's C++ start-up chatter (CPU features) buries the tools' own output; set before
-# TensorFlow is first imported, and only by the commands (the library leaves logging alone).
+# Set before TensorFlow is first imported, and only by the commands (the library leaves the
+# process alone); a value the user set wins. TensorFlow's C++ start-up chatter (CPU features)
+# buries the tools' own output. oneDNN's CPU kernels: TensorFlow turns them on by itself only
+# on CPUs with AVX512-VNNI/BF16 or AMX, though they are faster on AVX2 ones too (docs/
+# performance.md).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app, flags, logging  # noqa: E402  (after the environment is set)
 
