@@ -7,6 +7,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "numerical: compares values that depend on the kernel "
+                            "library (oneDNN or Eigen); the README's test command runs these "
+                            "a second time with TF_ENABLE_ONEDNN_OPTS=0")
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_SAMPLE = os.path.join(REPO, "..", "shared", "data", "cifar10_subset.npz")
 

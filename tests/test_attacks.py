@@ -6,6 +6,9 @@ from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
 
+# Values that depend on the kernel library: the suite runs these with oneDNN on and off.
+pytestmark = pytest.mark.numerical
+
 EPS = 8 / 255
 
 

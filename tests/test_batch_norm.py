@@ -12,6 +12,9 @@ from tic_tf import checkpoints
 from tic_tf.models import TemporalBatchNorm, build_model
 from tic_tf.models.layers import TimeFolded
 
+# Values that depend on the kernel library: the suite runs these with oneDNN on and off.
+pytestmark = pytest.mark.numerical
+
 MOMENTUM, EPSILON = 0.9, 1e-5
 
 

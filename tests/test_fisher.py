@@ -13,6 +13,9 @@ from tic_tf.kernels import grouped_filter_gradient
 from tic_tf.losses import per_timestep_losses
 from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
 
+# Values that depend on the kernel library: the suite runs these with oneDNN on and off.
+pytestmark = pytest.mark.numerical
+
 STEPS = 3
 
 

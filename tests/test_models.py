@@ -64,6 +64,7 @@ def firing_model(arch, batch_norm, timesteps=3, shape=(28, 28, 1)):
     return model
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch, batch_norm, beyond, chunk", [
     ("resnet19", "per_timestep", False, 1), ("resnet19", "shared", False, 2),
     ("resnet19", "time_specific", True, 2), ("vgg16", "bntt", True, 1),
@@ -81,7 +82,10 @@ def test_run_timesteps_computes_the_model_a_chunk_of_timesteps_at_a_time(arch, b
     lengths = [min(chunk, timesteps_of(model) - first)
                for first in range(0, timesteps_of(model), chunk)]
     assert [l.shape for l in logits] == [(4, length, 5) for length in lengths]
-    np.testing.assert_array_equal(np.concatenate(logits, 1), expected)
+    # A chunk's convolutions run over a batch of another size than the whole run's, and the
+    # kernels (oneDNN's on AVX2, say) may then sum in another order: logits agree to a few
+    # float32 ulps (1.1e-6 relative seen), not bit for bit. Spikes, thresholded, agree exactly.
+    np.testing.assert_allclose(np.concatenate(logits, 1), expected, rtol=1e-5, atol=1e-6)
     assert np.abs(expected[:, 0] - expected[:, -1]).max() > 0.1  # timesteps differ
     # The stem runs once; each chunk's spikes are the layer's output at its timesteps.
     assert all(steps[0][1] is records[0][0][1] for steps in records)
@@ -96,6 +100,7 @@ def batch_norms(model):
                           (TemporalBatchNorm, keras.layers.BatchNormalization))]
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch, batch_norm", [
     ("resnet19", "per_timestep"), ("resnet19", "shared"), ("vgg16", "per_timestep"),
     ("alexnet", "time_specific")])
@@ -172,6 +177,7 @@ def test_bptt_training_learns_a_separable_task():
     assert accuracy > 0.9
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("batch, size", [(1, 32), (5, 31)])
 def test_pointwise_conv_equals_strided_conv2d_and_its_gradients(batch, size):
     from tic_tf.models.layers import PointwiseConv2D

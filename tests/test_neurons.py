@@ -9,6 +9,9 @@ from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import build_model, lif_layers, with_surrogate
 from tic_tf.neurons import LIF, LIFCell, spike
 
+# Values that depend on the kernel library: the suite runs these with oneDNN on and off.
+pytestmark = pytest.mark.numerical
+
 
 def hand_lif(currents, tau, threshold=1.0):
     """Eq. 1 of the paper, one neuron, written out step by step."""

@@ -59,6 +59,7 @@ def stable_argsort_masks(model, sparsity):
     return masks
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
 def test_per_layer_pruning_zeroes_exactly_the_smallest_weights_of_every_layer(sparsity):
     model = tiny_model()
@@ -70,6 +71,7 @@ def test_per_layer_pruning_zeroes_exactly_the_smallest_weights_of_every_layer(sp
         assert reached[name] == pytest.approx(1 - expected[name].mean())
 
 
+@pytest.mark.numerical
 def test_ties_are_broken_by_index_as_a_stable_sort_would():
     layer = keras.layers.Dense(4, use_bias=False)
     model = keras.Sequential([keras.Input((3,)), layer])
@@ -81,6 +83,7 @@ def test_ties_are_broken_by_index_as_a_stable_sort_would():
                                   [[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
 
 
+@pytest.mark.numerical
 def test_global_pruning_reaches_the_sparsity_overall_with_uneven_layers():
     model = tiny_model()
     pruned = prune_low_magnitude(model)
@@ -107,6 +110,7 @@ def test_rounds_of_a_fraction_of_the_remaining_weights_compound():
         np.testing.assert_array_equal(mask, expected[name])
 
 
+@pytest.mark.numerical
 def test_pruned_weights_stay_zero_through_training_with_momentum_and_weight_decay(tmp_path):
     pruned = prune_low_magnitude(tiny_model())
     prune_to_sparsity(pruned, 0.5)
