@@ -29,8 +29,12 @@ def test_fisher_and_window_analysis_of_every_checkpoint(trained_run, tmp_path):
         expected = temporal_fisher(model, (arrays.x_train, arrays.y_train), 8, batch_size=4)
         assert row["fisher"] == pytest.approx(expected.values.tolist(), rel=1e-4)
         assert row["centroid"] == pytest.approx(information_centroid(row["fisher"]))
+        assert row["conv_routes"] == expected.conv_routes  # which kernels measured it, shown
         total = sum(sum(v) for v in row["per_layer"].values())
         assert total == pytest.approx(sum(row["fisher"]), rel=1e-4)  # blocks partition theta
+    routes = ", ".join(f"{route} {count}" for route, count in row["conv_routes"].items())
+    assert f"Per-sample convolution gradients by route: {routes} (TF_ENABLE_ONEDNN_OPTS=" \
+        in result.stdout
     windows = json.loads((out / "windows.json").read_text())["checkpoints"][-1]
     expected = window_accuracies(model, to_unit_range(arrays.x_test[:16]), arrays.y_test[:16],
                                  1, 0.5, 0, 4)

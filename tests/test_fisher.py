@@ -164,7 +164,9 @@ def test_exact_fisher_through_every_convolution_route_matches_brute_force(groupe
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
-    assert_matches_brute_force(model, images, labels, batch_size=3)
+    result, _ = assert_matches_brute_force(model, images, labels, batch_size=3)
+    assert result.conv_routes == {route: len(names) for route, names in routes.items()
+                                  if route is not None}
 
 
 def test_the_grouped_kernel_probe_tells_whether_the_estimator_can_use_it():

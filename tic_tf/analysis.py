@@ -26,6 +26,7 @@ from tic_tf.atomic import write_json
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import LABEL_MODES, METHODS, temporal_fisher
+from tic_tf.kernels import ONEDNN_VARIABLE
 from tic_tf.models import BN_STATISTICS
 from tic_tf.options import (check_choices, check_positive, eval_samples, nested, option,
                             output_dir, require, run_timesteps, seed, xla)
@@ -108,6 +109,12 @@ def analyze(config):
                                      batch_size=config.batch_size, method=config.method,
                                      seed=config.seed, jit_compile=config.xla,
                                      bn_statistics=config.bn_statistics)
+            if not fisher_rows and result.conv_routes:
+                print("Per-sample convolution gradients by route: "
+                      + ", ".join(f"{route} {count}" for route, count in
+                                  result.conv_routes.items())
+                      + f" ({ONEDNN_VARIABLE}={os.environ.get(ONEDNN_VARIABLE, 'unset')}; "
+                      "grouped needs oneDNN's kernels or a GPU)", flush=True)
             fisher_rows.append({"checkpoint": path, "epoch": epoch, **result.to_json()})
             print(f"{path}: IC {result.centroid:.3f}, I_t "
                   f"{np.array2string(result.values, precision=4)}", flush=True)

@@ -12,8 +12,8 @@ of (layer input) x (gradient at the layer output). One forward pass records each
 input; for each t one backward pass gives the output gradients of the loss L_t of every sample
 at once (samples are independent with batch-norm in inference mode, or with batch moments held
 constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a grouped
-convolution's kernel gradient, a batched matrix product, or, where cheaper, the Gram-matrix
-identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (for a convolution, X X^T of its image patches
+convolution's kernel gradient (where the kernels have one: `tic_tf.kernels`), a batched matrix
+product of image patches, or, where cheaper, the Gram-matrix identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (for a convolution, X X^T of its image patches
 follows from its pixels' Gram matrix, made once for every t). The forward pass runs in a few
 chunks of timesteps (`tic_tf.models.stepwise`), so that L_t's backward pass covers the chunks
 up to t's only and its products timesteps 1..t (L_t cannot depend on later ones), and the T
@@ -89,12 +89,13 @@ class FisherResult:
     labels: str
     method: str
     bn_statistics: str = "moving"
+    conv_routes: dict = dataclasses.field(default_factory=dict)  # route: convolutions taking it
 
     def to_json(self):
         return {"fisher": self.values.tolist(), "centroid": self.centroid,
                 "per_layer": {k: v.tolist() for k, v in self.per_layer.items()},
                 "num_samples": self.num_samples, "labels": self.labels, "method": self.method,
-                "bn_statistics": self.bn_statistics}
+                "bn_statistics": self.bn_statistics, "conv_routes": self.conv_routes}
 
 
 def block_of(layer_name):
@@ -458,6 +459,8 @@ class _ExactFisher:
         self.model = model
         self.labels = labels
         self.timesteps = timesteps_of(model)
+        routes = [_conv_route(spec, self.timesteps) for spec in self.layers]
+        self.conv_routes = {route: routes.count(route) for route in sorted(set(routes) - {None})}
         self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
 
     def _batch_sums(self, images, labels, noise):
@@ -647,4 +650,4 @@ def temporal_fisher(model, data, num_samples, labels="data", per_layer=False, ba
     values = totals.sum(axis=0)
     blocks = {name: totals[i] for i, name in enumerate(exact.blocks)} if per_layer else {}
     return FisherResult(values, information_centroid(values), blocks, len(images), labels,
-                        method, bn_statistics)
+                        method, bn_statistics, exact.conv_routes)
