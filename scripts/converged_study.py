@@ -27,9 +27,9 @@ from tic_tf.atomic import write_json
 from tic_tf.callbacks import read_metrics
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
-from tic_tf.windows import window_accuracies
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import BN_STATISTICS, time_specific_twin
+from tic_tf.windows import window_accuracies
 
 cli.define_flags(DataConfig)
 flags.DEFINE_list("runs", None, "Run directories of tic_tf.train.")

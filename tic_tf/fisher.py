@@ -13,8 +13,9 @@ input; for each t one backward pass gives the output gradients of the loss L_t o
 at once (samples are independent with batch-norm in inference mode, or with batch moments held
 constant: `bn_statistics="batch"`); the per-sample weight gradients then follow from a grouped
 convolution's kernel gradient (where the kernels have one: `tic_tf.kernels`), a batched matrix
-product of image patches, or, where cheaper, the Gram-matrix identity ||X^T D||^2 = sum((X X^T) * (D D^T)) (for a convolution, X X^T of its image patches
-follows from its pixels' Gram matrix, made once for every t). The forward pass runs in a few
+product of image patches, or, where cheaper, the Gram-matrix identity ||X^T D||^2 =
+sum((X X^T) * (D D^T)) (for a convolution, X X^T of its image patches follows from its
+pixels' Gram matrix, made once for every t). The forward pass runs in a few
 chunks of timesteps (`tic_tf.models.stepwise`), so that L_t's backward pass covers the chunks
 up to t's only and its products timesteps 1..t (L_t cannot depend on later ones), and the T
 backward passes run one at a time, so that one set of output gradients is live at once. No
@@ -144,8 +145,8 @@ def _sum_sq_products(inputs, deltas):
     and deltas_c `[n, P_c, b]`: the per-sample product over all the chunks' positions.
 
     Whichever is cheaper: the explicit per-sample product, summed over the chunks without
-    joining them (joining copied every piece again for each t: 1 of 4.3 s of the Fisher curve
-    with oneDNN off, T=4), or the Gram identity ||X^T D||^2 = sum((X X^T) * (D D^T)) over
+    joining them (joining copied every piece again for each t: an eighth of the op time of the
+    Fisher curve with oneDNN off, T=4), or the Gram identity ||X^T D||^2 = sum((X X^T) * (D D^T)) over
     the joined positions (P^2 (a + b) per sample against P a b), which wins for a Dense
     layer's few positions (its timesteps) and many features.
     """
@@ -459,8 +460,9 @@ class _ExactFisher:
         self.model = model
         self.labels = labels
         self.timesteps = timesteps_of(model)
-        routes = [_conv_route(spec, self.timesteps) for spec in self.layers]
-        self.conv_routes = {route: routes.count(route) for route in sorted(set(routes) - {None})}
+        self.routes = [_conv_route(spec, self.timesteps) for spec in self.layers]
+        self.conv_routes = {route: self.routes.count(route)
+                            for route in sorted(set(self.routes) - {None})}
         self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
 
     def _batch_sums(self, images, labels, noise):
@@ -501,13 +503,14 @@ class _ExactFisher:
                     unconnected_gradients=tf.UnconnectedGradients.ZERO))
                 per_block = [0.0] * len(self.blocks)
                 extracting = []  # the last layer that extracts image patches for this t
-                for spec, layer_inputs, pieces in zip(self.layers, inputs, outputs):
+                for spec, route, layer_inputs, pieces in zip(self.layers, self.routes, inputs,
+                                                             outputs):
                     layer_deltas = [next(deltas) for _ in pieces]
                     # One such layer at a time, or every layer's patches would be live at once.
                     with tf.control_dependencies(extracting):
                         value = _layer_sq_norm(spec, layer_inputs, layer_deltas, t,
                                                self.timesteps)
-                    if _conv_route(spec, self.timesteps) == "patches_per_t":
+                    if route == "patches_per_t":
                         extracting = [value]
                     per_block[spec.block] += value
             per_t.append(tf.stack(per_block))
