@@ -1,7 +1,9 @@
 """What tic_tf reads of the CPU and of TensorFlow's kernels, against known answers."""
+import os
 import warnings
 
 import pytest
+import tensorflow as tf
 
 from tic_tf import kernels
 from tic_tf.models import set_precision
@@ -41,3 +43,14 @@ def test_the_report_names_the_cpu_flags_that_decide_the_kernels(monkeypatch):
     assert report["cpu"] == "AMD EPYC 9R45" and report["onednn_opts"] == "0"
     assert report["cpu_flags"] == ["avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma"]
     assert set(report["grouped_filter_gradient"]) == {"float32", "bfloat16"}
+    assert report["eigen_convolutions"] == kernels.eigen_convolutions()
+
+
+@pytest.mark.numerical
+@pytest.mark.skipif(os.environ.get(kernels.ONEDNN_VARIABLE) not in ("0", "1"),
+                    reason="TF_ENABLE_ONEDNN_OPTS unset: TensorFlow picks the kernels by CPU")
+def test_eigen_convolutions_are_found_exactly_where_onednn_is_off():
+    """On a CPU the README's test command runs the suite with oneDNN on and off."""
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("convolutions run on the GPU")
+    assert kernels.eigen_convolutions() == (os.environ[kernels.ONEDNN_VARIABLE] == "0")

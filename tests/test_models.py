@@ -177,9 +177,17 @@ def test_bptt_training_learns_a_separable_task():
     assert accuracy > 0.9
 
 
+@pytest.fixture(params=[True, False], ids=["forward_input_gradient", "tensorflows_gradient"])
+def eigen_convolutions(request, monkeypatch):
+    """Runs a test with convolutions' input gradients computed as on Eigen's kernels (forward
+    convolutions) and as elsewhere (TensorFlow's own), whatever the machine's kernels."""
+    monkeypatch.setattr("tic_tf.models.layers.eigen_convolutions", lambda: request.param)
+
+
 @pytest.mark.numerical
 @pytest.mark.parametrize("batch, size", [(1, 32), (5, 31)])
-def test_pointwise_conv_equals_strided_conv2d_and_its_gradients(batch, size):
+def test_pointwise_conv_equals_strided_conv2d_and_its_gradients(batch, size,
+                                                                eigen_convolutions):
     from tic_tf.models.layers import PointwiseConv2D
 
     x = tf.constant(np.random.default_rng(0).random((batch, size, size, 8), dtype=np.float32))
@@ -202,6 +210,39 @@ def test_pointwise_conv_equals_strided_conv2d_and_its_gradients(batch, size):
     expected = np.zeros(x.shape, np.float32)
     expected[:, ::2, ::2] = 2 * out @ kernel.T
     np.testing.assert_allclose(input_grad.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("kernel_size, padding, dtype", [
+    (3, "same", "float32"), (3, "valid", "float32"), ((2, 5), "same", "float32"),
+    ((4, 1), "valid", "float32"), (3, "same", "bfloat16")])
+def test_flipped_kernel_conv_gradients_are_tensorflows(kernel_size, padding, dtype,
+                                                      monkeypatch):
+    """The input gradient as a forward convolution with the flipped kernel (as on Eigen's
+    kernels, forced here), against TensorFlow's backprop kernels of the same convolution."""
+    from tic_tf.models.layers import FlippedKernelConv2D
+
+    monkeypatch.setattr("tic_tf.models.layers.eigen_convolutions", lambda: True)
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 7, 6, 5)).astype(np.float32))
+    ours = FlippedKernelConv2D(4, kernel_size, padding=padding, dtype=dtype)
+    reference = keras.layers.Conv2D(4, kernel_size, padding=padding, dtype=dtype)
+    for layer in (ours, reference):
+        layer.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = tf.cast(layer(x), tf.float32)
+            loss = tf.reduce_sum(outputs * tf.range(outputs.shape[-1], dtype=tf.float32)
+                                 * outputs)
+        results.append([outputs, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    tolerance = 1e-5 if dtype == "float32" else 2e-2  # bfloat16: 8 bits of mantissa
+    for got, expected in zip(*results):
+        scale = float(tf.reduce_max(tf.abs(expected)))
+        np.testing.assert_allclose(got.numpy() / scale, expected.numpy() / scale,
+                                   atol=tolerance)
 
 
 @pytest.fixture

@@ -47,6 +47,15 @@ def grouped_filter_gradient(dtype):
                                 atol=tolerance))
 
 
+@functools.lru_cache(maxsize=None)
+def eigen_convolutions():
+    """Whether this process's convolutions run on Eigen's CPU kernels (TensorFlow on a CPU
+    without oneDNN): no GPU, and no grouped backward-filter convolution, which Eigen's kernels
+    alone refuse. Eigen's backprop-input convolution takes 2.3-4x the time of its forward one,
+    so `tic_tf.models.layers` computes input gradients as forward convolutions there."""
+    return not tf.config.list_physical_devices("GPU") and not grouped_filter_gradient("float32")
+
+
 def _cpuinfo(field):
     """The first value of `field` in Linux's /proc/cpuinfo, or None where it cannot be read."""
     try:
@@ -87,4 +96,5 @@ def report():
             "onednn_opts": os.environ.get(ONEDNN_VARIABLE, "unset (TensorFlow's default)"),
             "native_bfloat16": native_bfloat16(),
             "grouped_filter_gradient": {dtype: grouped_filter_gradient(dtype)
-                                        for dtype in ("float32", "bfloat16")}}
+                                        for dtype in ("float32", "bfloat16")},
+            "eigen_convolutions": eigen_convolutions()}

@@ -3,7 +3,8 @@ import keras
 import tensorflow as tf
 
 from tic_tf.models.batch_norm import TemporalBatchNorm
-from tic_tf.models.layers import PointwiseConv2D, RepeatOverTime, TimeFolded
+from tic_tf.models.layers import (FlippedKernelConv2D, PointwiseConv2D, RepeatOverTime,
+                                  TimeFolded)
 from tic_tf.neurons import LIF
 
 # PyTorch's batch-norm defaults (momentum 0.1, eps 1e-5), as in the reference implementation.
@@ -16,7 +17,7 @@ def channels(base, width):
 
 
 def conv(filters, kernel, stride, name):
-    layer = PointwiseConv2D if kernel == 1 else keras.layers.Conv2D
+    layer = PointwiseConv2D if kernel == 1 else FlippedKernelConv2D
     return layer(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)
 
 
