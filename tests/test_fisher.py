@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 
 from tic_tf.errors import UserError
-from tic_tf.fisher import (_conv_route, _conv_sq_norm, _offsets_sq_norm, _parameter_layers,
-                           _patches, _sample_major, _samples_as_channels, _shifted_gram,
-                           block_of, gumbel_noise, information_centroid, sample_model_labels,
-                           temporal_fisher)
+from tic_tf.fisher import (_conv_route, _conv_sq_norm, _parameter_layers, _patches,
+                           _samples_as_channels, _shifted_gram, block_of, gumbel_noise,
+                           information_centroid, sample_model_labels, temporal_fisher)
 from tic_tf.kernels import grouped_filter_gradient
 from tic_tf.losses import per_timestep_losses
 from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
@@ -147,8 +146,7 @@ def test_exact_fisher_through_every_convolution_route_matches_brute_force(groupe
     """On 8x8 images the later 3x3 convolutions have few pixels and many channels: their
     per-sample gradients come from the Gram matrix of their image patches (made from the
     pixels' for stride 1, from the patches themselves for stride 2), the others' from a
-    grouped convolution, or without one from the input's products with the output gradient
-    shifted by each kernel offset (stride 1) or from image patches made for each t."""
+    grouped convolution, or without one from their image patches made for each t."""
     model = active_model("resnet19", (8, 8, 1), seed=0)
     routes = {}
     for spec in _parameter_layers(model)[0]:
@@ -162,8 +160,7 @@ def test_exact_fisher_through_every_convolution_route_matches_brute_force(groupe
         assert routes["grouped"] == grouped and routes["patches"] == patches
     else:
         assert "grouped" not in routes and routes["patches"] == patches
-        assert routes["patches_per_t"] == {"stage1_block1_1_conv"}
-        assert routes["offsets"] == grouped - routes["patches_per_t"]
+        assert routes["patches_per_t"] == grouped
     rng = np.random.default_rng(2)
     images = rng.random((3, 8, 8, 1), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
@@ -204,24 +201,6 @@ def test_shifted_gram_is_the_gram_matrix_of_the_image_patches(kernel_size, paddi
     np.testing.assert_allclose(_shifted_gram(layer, images),
                                tf.matmul(patches, patches, transpose_b=True), rtol=1e-5,
                                atol=1e-5)
-
-
-@pytest.mark.parametrize("kernel_size, padding", [(3, "same"), (3, "valid"), ((2, 3), "same"),
-                                                 ((4, 1), "valid")])
-def test_products_per_kernel_offset_are_the_per_sample_kernel_gradients(kernel_size, padding):
-    """The "offsets" route against the per-sample products of image patches, over two chunks
-    of frames."""
-    layer = keras.layers.Conv2D(4, kernel_size, padding=padding, use_bias=False)
-    layer.build((None, 5, 6, 3))
-    rng = np.random.default_rng(0)
-    inputs = rng.normal(size=(2, 3, 5, 6, 3)).astype(np.float32)   # 2 samples, 3 frames
-    out_h, out_w = layer.compute_output_shape((None, 5, 6, 3))[1:3]
-    deltas = rng.normal(size=(2, 3, out_h, out_w, 4)).astype(np.float32)
-    per_sample = tf.matmul(_patches(layer, inputs), deltas.reshape(2, -1, 4), transpose_a=True)
-    chunks = (slice(0, 2), slice(2, 3))
-    got = _offsets_sq_norm(layer, (5, 6), [_sample_major(inputs[:, c]) for c in chunks],
-                           [deltas[:, c] for c in chunks])
-    assert float(got) == pytest.approx(float(tf.reduce_sum(tf.square(per_sample))), rel=1e-5)
 
 
 def reference_batch_mean(model, images, labels, batch_size, training):

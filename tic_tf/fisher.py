@@ -262,13 +262,9 @@ def _conv_route(spec, timesteps):
     - "grouped": otherwise, one grouped backward-filter convolution per t (`_conv_sq_norm`),
       where this process's kernels run it in the layer's precision
       (`kernels.grouped_filter_gradient`: oneDNN and cuDNN do, Eigen does not);
-    - "offsets": else, at stride 1, the per-sample products of the input with the output
-      gradient shifted by each kernel offset (`_offsets_sq_norm`), which every backend has:
-      no image patches (extracting them took a quarter of the Fisher curve's op time with
-      oneDNN off, T=4);
-    - "patches_per_t": else (strided), the products of "patches" with the image patches
-      extracted anew for each t, one such layer at a time (kept for every t, as "patches"
-      keeps them, they took 1.8 GB more at T=10, batch 32, with oneDNN off).
+    - "patches_per_t": else, the products of "patches", which every backend has, with the
+      image patches extracted anew for each t, one such layer at a time (kept for every t, as
+      "patches" keeps them, they took 1.8 GB more at T=10, batch 32, with oneDNN off).
 
     Products counted per sample over t = 1..T; the grouped convolution writes every sample's
     kernel gradient (kh kw C_in C_out) for each t.
@@ -291,10 +287,7 @@ def _conv_route(spec, timesteps):
     half = math.ceil(timesteps / 2) if frames > 1 else 1
     if half * pixels * (patch + filters) < patch * filters:
         return "patches"
-    if grouped_filter_gradient(layer.compute_dtype):
-        return "grouped"
-    return "offsets" if layer.strides == (1, 1) and layer.dilation_rate == (1, 1) else \
-        "patches_per_t"
+    return "grouped" if grouped_filter_gradient(layer.compute_dtype) else "patches_per_t"
 
 
 def _shifted_gram(layer, tensor):
@@ -341,30 +334,6 @@ def _patches(layer, tensor):
     return tf.reshape(patches, [tf.shape(tensor)[0], -1, patches.shape[-1]])
 
 
-def _offsets_sq_norm(layer, input_size, inputs, deltas):
-    """sum_n ||per-sample kernel gradient||^2 of a stride-1 convolution, from its input pieces
-    `[n, positions, C]` (`_sample_major`) of `input_size` (height, width) pixels and its
-    output gradients `[n, frames..., H', W',
-    filters]`, one per chunk.
-
-    The kernel's slice at offset o multiplies the input pixel q with the output gradient at
-    q - o (shifted by the padding), so its per-sample gradient is the product of the input
-    with the output gradient padded and shifted by o: one per offset, summed over the chunks
-    and squared. The shifted copies are of the output gradient; the input is read as it is."""
-    (kh, kw), (height, width) = layer.kernel_size, input_size
-    out_h, out_w = deltas[0].shape[-3:-1]
-    # Before: k - 1 - the forward's padding before; after: what fills the input's extent.
-    top, left = ((k - 1) // 2 if layer.padding == "same" else 0 for k in (kh, kw))
-    rows, cols = (kh - 1 - top, height - out_h + top), (kw - 1 - left, width - out_w + left)
-    padded = [tf.pad(tf.cast(delta, tf.float32),
-                     [[0, 0]] * (len(delta.shape) - 3) + [rows, cols, [0, 0]])
-              for delta in deltas]
-    return tf.add_n([_sum_sq_products(inputs, [
-        _sample_major(delta[..., kh - 1 - i:kh - 1 - i + height, kw - 1 - j:kw - 1 - j + width,
-                            :])
-        for delta in padded]) for i in range(kh) for j in range(kw)])
-
-
 def _samples_as_channels(tensor):
     """`[n, frames..., H, W, C]` -> `[frames, H, W, n C]`: each sample a group of channels."""
     samples = tf.shape(tensor)[0]
@@ -383,7 +352,6 @@ def _prepared_inputs(spec, pieces, statistics, chunk, timesteps):
     - by the "shifted_gram" one: its image patches' Gram matrix over all frames, `[n, frames P,
       frames P]` (float32);
     - by the "patches_per_t" one: per chunk the input itself (float32);
-    - by the "offsets" one: per chunk `[n, positions, C]` (float32), as a Dense layer;
     - any other convolution: per chunk its image patches `[n, positions, kh kw C]` (float32);
     - a batch-norm: the input standardised with `statistics`, per chunk `[n, frames,
       positions, C]` (float32);
@@ -401,7 +369,7 @@ def _prepared_inputs(spec, pieces, statistics, chunk, timesteps):
     if _is_batch_norm(layer):
         return [_frames_major(_standardized(layer, piece, statistics, index * chunk), spec.node)
                 for index, piece in enumerate(pieces)]
-    if isinstance(layer, keras.layers.Conv2D) and route != "offsets":
+    if isinstance(layer, keras.layers.Conv2D):
         return [_patches(layer, tf.cast(piece, tf.float32)) for piece in pieces]
     return [_sample_major(tf.cast(piece, tf.float32)) for piece in pieces]
 
@@ -465,9 +433,6 @@ def _layer_sq_norm(spec, inputs, deltas, timesteps, total_timesteps):
         delta = _sample_major(delta[:, :frames] if _is_time_major(spec.node) else delta)
         size = delta.shape[1]
         total = tf.reduce_sum(delta * tf.matmul(inputs[:, :size, :size], delta))
-    elif route == "offsets":
-        total = _offsets_sq_norm(layer, spec.node.input.shape[-3:-1], inputs[:len(deltas)],
-                                 deltas)
     else:
         inputs = inputs[:len(deltas)]
         if route == "patches_per_t":
@@ -537,15 +502,15 @@ class _ExactFisher:
                     loss, [output for pieces in outputs for output in pieces],
                     unconnected_gradients=tf.UnconnectedGradients.ZERO))
                 per_block = [0.0] * len(self.blocks)
-                extracting = []  # the last layer that copies its input or gradients for this t
+                extracting = []  # the last layer that extracts image patches for this t
                 for spec, route, layer_inputs, pieces in zip(self.layers, self.routes, inputs,
                                                              outputs):
                     layer_deltas = [next(deltas) for _ in pieces]
-                    # One such layer at a time, or every layer's copies would be live at once.
+                    # One such layer at a time, or every layer's patches would be live at once.
                     with tf.control_dependencies(extracting):
                         value = _layer_sq_norm(spec, layer_inputs, layer_deltas, t,
                                                self.timesteps)
-                    if route in ("patches_per_t", "offsets"):
+                    if route == "patches_per_t":
                         extracting = [value]
                     per_block[spec.block] += value
             per_t.append(tf.stack(per_block))
