@@ -16,7 +16,6 @@ def pytest_configure(config):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR_SAMPLE = os.path.join(REPO, "..", "shared", "data", "cifar10_subset.npz")
 
 
 def run_tool(module, *args, cwd=None, env=None):

@@ -188,14 +188,14 @@ def _as_labels(labels, spec, where):
 
 
 def _load_tfds(spec, data_dir, manual_dir):
-    try:  # an optional dependency, slow to import: only this path needs it
+    try:  # slow to import: only this path needs it
         import tensorflow_datasets as tfds
     except ImportError as error:
         svhn = (" or pass --manual_dir=FOLDER holding SVHN's train_32x32.mat and "
                 "test_32x32.mat," if spec.name == "svhn" else "")
         raise DataUnavailable(
-            f"The {spec.name} data set comes from TensorFlow Datasets, which is not installed: "
-            "pip install 'tic_tf[tfds]' (in a checkout: pip install '.[tfds]'),"
+            f"The {spec.name} data set comes from TensorFlow Datasets, which cannot be imported "
+            f"({error}): pip install tensorflow-datasets,"
             f"{svhn} or pass --data_file=PATH.npz with x_train, y_train, x_test, y_test "
             "arrays.", "TensorFlow Datasets is not installed") from error
 
