@@ -76,7 +76,7 @@ class BenchmarkConfig:
                          choices=FIGURES)
     json: str = option(None, "Also write the figures to this JSON file.", kind=str)
     peer: str = option(None, "Directory of the PyTorch peer (ref_bench.py, ensure-torchenv), "
-                       "e.g. ../shared/peer: time it too, at the same settings.", kind=str)
+                       "time it too, at the same settings.", kind=str)
 
     def __post_init__(self):
         check_choices(self)
@@ -119,7 +119,7 @@ def train_seconds_per_step(config, model, images, labels):
 
     def seconds_per_step():
         model.fit(data, epochs=1, steps_per_epoch=config.train_steps + 1, verbose=0,
-                  callbacks=[timer])
+                  callbacks=[timer], shuffle=False)  # one batch repeated: nothing to shuffle
         return timer.seconds_per_step()
 
     return median_of(seconds_per_step, config.repeats)
