@@ -2,7 +2,7 @@ r"""The converged-regime study: where information sits in time once training has
 batch-norm mode, with both Fisher estimators and the early-timestep diagnostics.
 
     python scripts/converged_study.py --runs=RUN_DIR[,RUN_DIR...] --output_dir=OUT \
-        --dataset=fashion_mnist --data_file=../shared/data/fashion_mnist.npz
+        --dataset=fashion_mnist --data_file=data/fashion_mnist.npz
 
 Each run directory is a `tic_tf.train` run with --fisher_every and --keep_checkpoints=all. For
 its first Fisher-monitored epoch, the epoch of peak information centroid and its last epoch

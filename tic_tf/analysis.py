@@ -60,8 +60,8 @@ class AnalysisConfig:
     noise: float = option(0.5, "Window noise: l2 norm as a fraction of the image's norm.")
     eval_samples: int = eval_samples()
     seed: int = seed("model-drawn labels and noise")
-    xla: bool = xla(False, "On CPU the Fisher estimator runs 2-3x slower with it; see the "
-                    "README.")
+    xla: bool = xla(False, "On CPU the Fisher estimator runs 2-3x slower with it "
+                    "(docs/performance.md).")
 
     def __post_init__(self):
         check_choices(self)

@@ -1,7 +1,7 @@
 r"""Robustness evaluation of checkpoints: the command over `tic_tf.robustness.evaluate`.
 
     python -m tic_tf.evaluate --checkpoints=runs/alpha_low,runs/alpha_high \
-        --dataset=cifar10 --data_file=../shared/data/cifar10_subset.npz \
+        --dataset=cifar10 --data_file=data/cifar10.npz \
         --evaluations=clean,gaussian,blur,fgsm,pgd --output_dir=reports/alpha
 
 Writes report.md and report.json to --output_dir (see `tic_tf.robustness`).

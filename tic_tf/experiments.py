@@ -1,4 +1,4 @@
-"""The paper's experiments as runs of the library, resumable, at three scales (PAPER.md 3-6).
+"""The paper's experiments as runs of the library, resumable, at three scales (docs/reproducing.md).
 
     from tic_tf.experiments import run_experiment
     summary = run_experiment("fig1", "smoke", "reproduce/")
@@ -53,7 +53,7 @@ class Scale:
     pruned: tuple  # fig7: the base run with each of these changes (a dict each) is pruned
 
 
-FASHION_MNIST = dict(dataset="fashion_mnist", data_file="../shared/data/fashion_mnist.npz")
+FASHION_MNIST = dict(dataset="fashion_mnist")
 
 SCALES = {
     # Every code path in about a minute: the bundled digits, a tiny AlexNet, two epochs.
@@ -66,7 +66,7 @@ SCALES = {
         pruning=dict(rounds=2, retrain_epochs=1, retrain_timesteps=(3, 2, "auto"),
                      batch_size=128, fisher_samples=16, verbose=0),
         pruned=({},)),
-    # The converged regime on 2 CPU cores in hours (README, "Temporal information
+    # The converged regime on 2 CPU cores in hours (docs/results.md, "Temporal information
     # concentration"): 1,024 Fashion-MNIST images, no augmentation, ResNet19 at width 1/8.
     "cpu": Scale(
         base=dict(data=FASHION_MNIST, arch="resnet19", width=0.125, timesteps=4,
@@ -83,7 +83,7 @@ SCALES = {
                      batch_size=32, fisher_samples=128, train_examples=1024, augment=False,
                      verbose=0),
         pruned=({},)),
-    # The paper's setting (PAPER.md section 2), sized for a GPU.
+    # The paper's setting (docs/method.md), sized for a GPU.
     "paper": Scale(
         base=dict(data=dict(dataset="cifar10"), arch="resnet19", width=1.0, timesteps=10,
                   optimizer="sgd", learning_rate=0.3, momentum=0.9, weight_decay=5e-4,
@@ -189,7 +189,7 @@ def _analysis(context, run_dir, name, analyses, epochs, bn_statistics="moving"):
 def _fisher_by_statistics(context, run_dir, name):
     """Fisher rows of the measured epochs, per batch-norm statistics: the moving ones (as the
     reference measures) and each batch's own (as in training), which differ where the
-    training and inference networks do (README, "Batch-norm and time")."""
+    training and inference networks do (docs/method.md, "Batch-norm and time")."""
     return {mode: _analysis(context, run_dir, os.path.join(name, mode), ("fisher",),
                             context.scale.measured_epochs, mode)["fisher"]
             for mode in BN_STATISTICS}

@@ -1,4 +1,4 @@
-"""Temporal Fisher information of a spiking network (PAPER.md section 2, Eq. 5-7).
+"""Temporal Fisher information of a spiking network (Eq. 5-7 of the paper; docs/method.md).
 
 `temporal_fisher` computes, for every t = 1..T,
 

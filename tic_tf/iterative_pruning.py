@@ -1,4 +1,4 @@
-"""TIC-aware iterative magnitude pruning (PAPER.md section 5), resumable.
+"""TIC-aware iterative magnitude pruning (docs/method.md), resumable.
 
     from tic_tf.iterative_pruning import PruneConfig, prune
     summary = prune(PruneConfig(checkpoint="runs/t5", output_dir="runs/t5_prune",

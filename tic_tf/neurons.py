@@ -1,4 +1,4 @@
-"""Leaky integrate-and-fire neurons with an arctan surrogate gradient (PAPER.md Eq. 1)."""
+"""Leaky integrate-and-fire neurons with an arctan surrogate gradient (Eq. 1 of the paper; docs/method.md)."""
 import math
 
 import keras

@@ -1,7 +1,7 @@
 r"""TIC-aware iterative magnitude pruning: the command over `tic_tf.iterative_pruning.prune`.
 
     python -m tic_tf.prune --checkpoint=runs/t5 --dataset=cifar10 \
-        --data_file=../shared/data/cifar10_subset.npz --output_dir=runs/t5_prune \
+        --data_file=data/cifar10.npz --output_dir=runs/t5_prune \
         --rounds=5 --fraction=0.5 --retrain_epochs=2 --retrain_timesteps=5,3,2,auto
 
 Writes T<r>/round-NN/ checkpoints, results.json, results.md and accuracy_vs_sparsity.png to

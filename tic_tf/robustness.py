@@ -1,4 +1,4 @@
-"""Robustness evaluation of checkpoints: a Table-1-style report (PAPER.md section 4).
+"""Robustness evaluation of checkpoints: a Table-1-style report (docs/method.md).
 
     from tic_tf.robustness import EvaluationConfig, evaluate
     rows = evaluate(EvaluationConfig(checkpoints=("runs/alpha_low",), output_dir="reports"))

@@ -100,7 +100,7 @@ class TrainConfig:
                              "instead of storing them (less memory for long T, about 5% "
                              "slower).")
     xla: bool = option(False, "Compile the training step with XLA (jit_compile); on CPU it "
-                       "measured slower than TensorFlow's own kernels (see the README).")
+                       "measured slower than TensorFlow's own kernels (docs/performance.md).")
     export: bool = option(True, "Write a SavedModel to <model_dir>/saved_model at the end.")
     verbose: int = option(None, "Keras progress output: 0 silent, 1 progress bar, 2 one line "
                           "per epoch (default: 1 on a terminal, else 2).", kind=int)

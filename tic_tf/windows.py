@@ -1,4 +1,4 @@
-"""Time-window deficits (PAPER.md Fig. 2): accuracy with input noise only during a window of
+"""Time-window deficits (the paper's Fig. 2): accuracy with input noise only during a window of
 timesteps, which shows how much each stretch of time matters to the prediction."""
 import numpy as np
 import tensorflow as tf
