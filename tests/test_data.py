@@ -48,6 +48,24 @@ def test_missing_or_unreadable_npz(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(UserError, match="Unknown dataset 'mnist'"):
         data.get_spec("mnist")
+    with pytest.raises(ValueError):  # one family for Python callers: UserError is a ValueError
+        data.get_spec("mnist")
+
+
+def test_a_bug_while_loading_is_not_reported_as_unavailable_data(tmp_path, monkeypatch):
+    """Only the errors a bad file or a failed download raise become a UserError."""
+    import tensorflow_datasets as tfds
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug, not bad data")
+
+    npz = write_npz(tmp_path / "data.npz")
+    monkeypatch.setattr(np, "load", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        data.load_arrays(CIFAR10, data_file=npz)
+    monkeypatch.setattr(tfds, "load", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        data.load_arrays(CIFAR10)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion_mnist"])

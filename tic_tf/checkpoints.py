@@ -122,6 +122,11 @@ def resolve(path):
                     "directory whose checkpoints/ holds one.")
 
 
+# What reading a damaged or foreign checkpoint raises: DataLoss or NotFound, unmatched objects,
+# wrong shapes.
+UNREADABLE = (tf.errors.OpError, AssertionError, ValueError, IndexError)
+
+
 def restore(path, model, optimizer=None, extra=None):
     """Load weights (optimizer state, `extra` trackables) from checkpoint `path` into
     existing objects."""
@@ -133,8 +138,7 @@ def restore(path, model, optimizer=None, extra=None):
         status.assert_existing_objects_matched()
         if optimizer is None:
             status.expect_partial()
-    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
-        # a damaged or foreign file: DataLoss or NotFound, unmatched objects, wrong shapes
+    except UNREADABLE as error:
         raise UserError(f"Cannot restore checkpoint {path} into this model: "
                         f"{str(error).splitlines()[0]}") from error
 

@@ -6,6 +6,7 @@ the pipelines turn them into float images in [0, 1]. Models normalise internally
 """
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -141,7 +142,7 @@ def load_npz(path, spec):
     try:
         with np.load(path, allow_pickle=False) as archive:
             content = {key: archive[key] for key in archive.files}
-    except Exception as error:  # zip, pickle or format errors all mean the same to a user
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # not an npz archive
         raise UserError(f"Cannot read {path} as an .npz archive ({error}).") from error
     missing = {"x_train", "y_train", "x_test", "y_test"} - set(content)
     if missing:
@@ -204,7 +205,8 @@ def _load_tfds(spec, data_dir, manual_dir):
         train, test = tfds.load(
             spec.tfds_name, split=["train", "test"], as_supervised=True, data_dir=data_dir,
             download_and_prepare_kwargs={"download_config": download_config})
-    except Exception as error:  # network, checksum and missing-archive errors alike
+    # Network and file errors, unknown names, a missing manual archive, a failed download.
+    except (OSError, ValueError, AssertionError, tfds.download.DownloadError) as error:
         cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise DataUnavailable(
             f"Could not load TFDS dataset {spec.tfds_name!r} ({cause}). Without internet, either "

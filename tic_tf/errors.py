@@ -1,8 +1,9 @@
 """The error type for bad input: the command-line tools print its message and exit non-zero."""
 
 
-class UserError(Exception):
-    """Input a user can fix; the message names the problem and the fix."""
+class UserError(ValueError):
+    """Input a user can fix; the message names the problem and the fix. A ValueError, so
+    that callers catch bad arguments as they would from any Python library."""
 
 
 class DataUnavailable(UserError):

@@ -39,7 +39,7 @@ def restore(checkpoint_dir, model):
             shutil.rmtree(path)
             return None
         checkpoints.restore(path, model, model.optimizer, extra=position)
-    except Exception as error:  # a damaged file fails in many ways, as in checkpoints.restore
+    except checkpoints.UNREADABLE as error:  # UserError, from restore, is a ValueError
         print(f"warning: skipping unreadable checkpoint {path}: {error}", file=sys.stderr)
         return None
     step = int(position["step"].numpy())
