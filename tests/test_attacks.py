@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import solved_model
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
+from tic_tf.models import with_surrogate
 
 # Values that depend on the kernel library: the suite runs these with oneDNN on and off.
 pytestmark = pytest.mark.numerical
@@ -62,11 +64,25 @@ def test_windowed_attack_leaves_other_timesteps_untouched(trained):
     assert accuracy(model, adversarial, images, labels, window=(2, 1)) < 1.0
 
 
-def test_surrogate_choice_changes_the_attack_gradient(trained):
+def test_an_attack_through_another_surrogate_steps_along_that_surrogates_gradient(trained):
+    """FGSM through each surrogate against the sign of the input gradient of the summed
+    cross-entropy, taken by a tape through the model with that surrogate."""
     model, images, labels = trained
-    default = pgd(model, images, labels, 0.2, 0.05, 3).numpy()
-    wide = pgd(model, images, labels, 0.2, 0.05, 3, surrogate=1.0).numpy()
-    assert not np.array_equal(default, wide)
+    x = tf.constant(images)
+    signs = {}
+    for sharpness in (None, 1.0):
+        network = model if sharpness is None else with_surrogate(model, sharpness)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = tf.reduce_mean(network(x, training=False), axis=1)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        gradient = tape.gradient(loss, x).numpy()
+        expected = np.clip(images + EPS * np.sign(gradient), 0, 1)
+        got = fgsm(model, images, labels, EPS, surrogate=sharpness).numpy()
+        clear = np.abs(gradient) > 1e-6 * np.abs(gradient).max()  # a sign rounding cannot flip
+        np.testing.assert_allclose(got[clear], expected[clear], atol=1e-6)
+        signs[sharpness] = np.sign(gradient)
+    assert np.mean(signs[None] != signs[1.0]) > 0.05  # the two surrogates point differently
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -79,3 +95,19 @@ def test_bad_attack_arguments(trained, kwargs, message):
     model, images, labels = trained
     with pytest.raises(UserError, match=message):
         pgd(model, images[:2], labels[:2], **kwargs)
+
+
+def test_each_batch_of_an_evaluation_starts_pgd_from_its_own_random_point(trained):
+    """With a zero step, PGD returns its random start: stateless uniform noise drawn with
+    (seed, batch index), clipped to the unit cube."""
+    from tic_tf.robustness import EvaluationConfig, perturb
+
+    model, images, labels = trained
+    config = EvaluationConfig(checkpoints=("unused",), output_dir="unused", random_start=True,
+                              pgd_step=0.0, pgd_iterations=1, seed=7)
+    for index in (0, 1):
+        start, _ = perturb(config, "pgd", model, tf.constant(images), labels, index, None)
+        noise = tf.random.stateless_uniform(images.shape, tf.constant([7, index], tf.int64),
+                                            -config.eps, config.eps)
+        np.testing.assert_allclose(start.numpy(), np.clip(images + noise.numpy(), 0, 1),
+                                   atol=1e-7)

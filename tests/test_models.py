@@ -272,11 +272,28 @@ def test_bfloat16_computes_convolutions_and_spikes_in_16_bits_membranes_in_float
     assert not np.allclose(model.get_layer("classifier_t").get_weights()[0], before)
 
 
-def test_float16_training_gets_loss_scaling(restore_precision):
+def test_float16_training_steps_along_the_unscaled_gradient_of_the_scaled_loss(
+        restore_precision):
+    """Loss scaling: the step multiplies the loss by the scale (2^15 to start) so that float16
+    gradients do not underflow, and divides the gradients by it again before SGD applies
+    them: the update is -lr times the gradient of the loss itself."""
     set_precision("float16")
+    keras.utils.set_random_seed(0)
     model = build_model("resnet19", 10, 2, (32, 32, 3), width=0.0625)
     model.compile(keras.optimizers.SGD(0.1), MeanLogitCrossEntropy())
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    scale = float(model.optimizer.scale_loss(tf.constant(1.0)).numpy())
+    assert scale == 2.0 ** 15
+    images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    labels = np.arange(4) % 10
+    kernel = model.get_layer("classifier_t").layer.kernel
+    before = kernel.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = MeanLogitCrossEntropy()(labels, model(images, training=True))
+        scaled = loss * scale
+    gradient = tape.gradient(scaled, kernel).numpy() / scale
+    model.train_on_batch(images, labels)
+    np.testing.assert_allclose(kernel.numpy() - before, -0.1 * gradient, rtol=1e-3,
+                               atol=1e-6)
 
 
 def test_unknown_precision_is_refused():

@@ -69,6 +69,18 @@ def test_bfloat16_training_runs_and_its_checkpoint_evaluates_in_float32(tiny_npz
     model, _ = checkpoints.load_model(str(run_dir))  # weights are float32 whatever the policy
     assert all(w.dtype == "float32" for w in model.weights)
     assert np.isfinite(json.loads(open(run_dir / "results.json").read())["test_loss"])
+    # evaluate runs the checkpoint in float32: its accuracy is this float32 model's own.
+    out = tmp_path / "report"
+    result = run_tool("evaluate", f"--checkpoints={run_dir}", f"--output_dir={out}",
+                      f"--data_file={tiny_npz}", "--dataset=cifar10", "--evaluations=clean",
+                      "--eval_samples=16")
+    assert result.returncode == 0, result.stderr
+    arrays = np.load(tiny_npz)
+    logits = model(arrays["x_test"][:16] / np.float32(255), training=False)
+    assert model.compute_dtype == "float32" and logits.dtype == "float32"
+    expected = np.mean(logits.numpy().mean(axis=1).argmax(axis=1) == arrays["y_test"][:16])
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"][0]["accuracy"]["clean"] == expected
 
 
 def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):

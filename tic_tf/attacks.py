@@ -81,6 +81,8 @@ def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
         random_start=False, seed=0, window=None, surrogate=None, jit_compile=False):
     """Projected gradient descent (l-infinity) on images in [0, 1]; returns adversarial images.
 
+    seed: the random start's, an integer or a pair (seed, stream): callers attacking batch
+    after batch pass (seed, batch index), so that no two batches start alike.
     window: optional (start, width), 1-based, restricting the perturbation to those timesteps
     (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness
     (default: the model's own). jit_compile: XLA; on CPU TensorFlow's own kernels measured
@@ -96,7 +98,8 @@ def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
     images = tf.convert_to_tensor(np.asarray(images, np.float32))
     return program(images, tf.convert_to_tensor(np.asarray(labels, np.int32)),
                    tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32),
-                   tf.constant([seed, 0], tf.int64))
+                   tf.constant(tuple(seed) if isinstance(seed, (tuple, list)) else (seed, 0),
+                               tf.int64))
 
 
 def fgsm(model, images, labels, eps=8 / 255, window=None, surrogate=None, jit_compile=False):

@@ -94,7 +94,7 @@ def perturb(config, name, model, images, labels, index, surrogate):
     if name.startswith("fgsm"):
         return fgsm(model, images, labels, config.eps, **common), attack_window
     return pgd(model, images, labels, config.eps, config.pgd_step, config.pgd_iterations,
-               config.random_start, seed=config.seed, **common), attack_window
+               config.random_start, seed=(config.seed, index), **common), attack_window
 
 
 def accuracy(config, name, model, images, labels, surrogate=None):
