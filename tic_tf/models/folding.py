@@ -37,7 +37,8 @@ def fold_batch_norm(model):
 
     def change(layer, config):
         if layer.name in norms:
-            return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy)
+            # The policy by name: a policy object would make the layer's config unserialisable.
+            return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy.name)
         if layer.name in folds:
             (config["layer"]["config"] if isinstance(layer, TimeFolded) else config)[
                 "use_bias"] = True
