@@ -29,7 +29,8 @@ def test_table_one_report(trained_run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--eps=-0.1"], "--eps and --pgd_step must be >= 0"),
     (["--evaluations=clean,cw"], "--evaluations takes clean, gaussian, blur, fgsm, pgd, "
-                                 "fgsm_window, pgd_window; got cw."),
+                                 "fgsm_window, pgd_window, per_timestep, early_exit, energy; "
+                                 "got cw."),
     (["--evaluations=pgd_window", "--window=2,2"], "lies outside [1, 2]"),
     (["--checkpoints=/nonexistent"], "does not exist"),
     (["--blur_size=32"], "blur size must lie in [1, 31] for 32x32 images"),

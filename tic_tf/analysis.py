@@ -14,6 +14,8 @@ checkpoints). Writes, into `output_dir`:
                          analyses=...,diagnostics: spike rate per layer and timestep and
                          accuracy per timestep on the test images, batch-norm in inference
                          mode (moving statistics) and in training mode (batch statistics)
+  fisher_and_timestep_accuracy.png   with both: the last checkpoint's I_t beside its
+                         accuracy per timestep
 """
 import dataclasses
 import os
@@ -175,6 +177,12 @@ def analyze(config):
                                  os.path.join(out, f"firing_{mode}_statistics.png"))
         plots.timestep_accuracy({mode: last[mode] for mode in BN_STATISTICS},
                                 os.path.join(out, "timestep_accuracy.png"), name)
+        if fisher_rows:  # where the information sits beside what each timestep predicts
+            figure = plots.Panels(2)
+            figure.fisher_curves({name: fisher_rows[-1]["fisher"]},
+                                 f"I_t, {config.bn_statistics} statistics")
+            figure.timestep_accuracy({mode: last[mode] for mode in BN_STATISTICS}, name)
+            figure.save(os.path.join(out, "fisher_and_timestep_accuracy.png"))
     print(f"Results written to {out}")
     rows = {"fisher": fisher_rows, "windows": window_rows, "diagnostics": diagnostic_rows}
     return {name: rows[name] for name in config.analyses}

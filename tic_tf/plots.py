@@ -99,6 +99,41 @@ class Panels:
         axis.set_title(f"Accuracy per timestep {title}".strip())
         axis.legend(fontsize="small")
 
+    def exit_curves(self, curves, title="Early exit"):
+        """Accuracy against mean timesteps used, one line per label ({label: ExitCurve
+        JSON}) over its thresholds, with its full-T point (square) and oracle (star)."""
+        axis = next(self.axes)
+        for label, curve in curves.items():
+            points = curve["points"]
+            line, = axis.plot([p["mean_timesteps"] for p in points],
+                              [100 * p["accuracy"] for p in points], marker="o",
+                              label=f"{label}: {curve['policy']}")
+            for key, marker in (("full", "s"), ("oracle", "*")):
+                axis.plot(curve[key]["mean_timesteps"], 100 * curve[key]["accuracy"],
+                          marker=marker, markersize=10, linestyle="none",
+                          color=line.get_color(), label=f"{label}: {key}")
+        axis.set_xlabel("mean timesteps used")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(title)
+        axis.legend(fontsize="small")
+
+    def operations_per_layer(self, report, title="Operations per image"):
+        """Per layer: the spiking network's operations over all timesteps against the
+        equivalent ANN's MACs (`OperationCounts.to_json()`), on a log scale."""
+        axis = next(self.axes)
+        layers = report["layers"]
+        positions = np.arange(len(layers))
+        axis.bar(positions - 0.2, [sum(layer["per_timestep"]) for layer in layers], 0.4,
+                 label="SNN, all timesteps")
+        axis.bar(positions + 0.2, [layer["ann_macs"] for layer in layers], 0.4,
+                 label="ANN MACs")
+        axis.set_xticks(positions, [layer["name"] for layer in layers], rotation=90,
+                        fontsize="x-small")
+        axis.set_yscale("log")
+        axis.set_ylabel("operations")
+        axis.set_title(title)
+        axis.legend(fontsize="small")
+
     def window_deficits(self, starts, values, window=3, relative=True,
                         title="Time-window deficits"):
         """Accuracy (relative to the last window's) with noise in timesteps [t, t+window-1]."""
@@ -173,6 +208,20 @@ def firing_heatmap(firing, title, path=None):
 def timestep_accuracy(results, path=None, title=""):
     figure = Panels(1)
     figure.timestep_accuracy(results, title)
+    return figure.save(path)
+
+
+def exit_curves(curves, path=None, title="Early exit"):
+    figure = Panels(1)
+    figure.exit_curves(curves, title)
+    return figure.save(path)
+
+
+def operations_per_layer(reports, path=None):
+    """One panel per label ({label: OperationCounts JSON})."""
+    figure = Panels(len(reports), panel_size=(8, 4.5))
+    for label, report in reports.items():
+        figure.operations_per_layer(report, f"Operations per image, {label}")
     return figure.save(path)
 
 

@@ -1,4 +1,5 @@
-"""Robustness evaluation of checkpoints: a Table-1-style report (docs/method.md).
+"""Evaluation of checkpoints: a Table-1-style robustness report (docs/method.md), accuracy per
+timestep and early-exit curves.
 
     from tic_tf.robustness import EvaluationConfig, evaluate
     rows = evaluate(EvaluationConfig(checkpoints=("runs/alpha_low",), output_dir="reports"))
@@ -8,7 +9,12 @@ drop from clean accuracy. Defaults are the paper's: Gaussian noise at 50% of the
 norm, blur through half the image side, FGSM eps 8/255, PGD eps 8/255, step 4/255, 10
 iterations. fgsm_window / pgd_window perturb only the timesteps `window` = (start, width).
 `attack_surrogates` re-runs the attacks through other surrogate sharpnesses and flags gradient
-obfuscation.
+obfuscation. "per_timestep" adds each model's accuracy from timesteps 1..t and from t alone
+(per_timestep.png); "early_exit" its accuracy against the mean timesteps used by the
+`exit_policy` at each of `exit_thresholds`, with the oracle bound and the Fisher information
+centroid of `exit_fisher_samples` training images (early_exit.png); "energy" the operations
+per layer and timestep and the energy per image under `energy_table`, against the equivalent
+ANN, and with early exit at each threshold where "early_exit" is evaluated too (energy.png).
 """
 import dataclasses
 import math
@@ -17,19 +23,23 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tic_tf import checkpoints
+from tic_tf import checkpoints, early_exit, energy, plots
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.atomic import write_json, write_text
 from tic_tf.compiled import cached
 from tic_tf.corruptions import blur, blur_size, check_window, gaussian_noise
 from tic_tf.data import DataConfig, to_unit_range
+from tic_tf.diagnostics import TimestepProbe
+from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import timesteps_of
 from tic_tf.options import (check_choices, check_positive, eval_samples, integers, nested,
                             numbers, option, output_dir, require, run_timesteps, seed, xla)
 
-EVALUATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd_window")
+PERTURBATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd_window")
 ATTACKS = ("fgsm", "pgd", "fgsm_window", "pgd_window")
+TIME_STUDIES = ("per_timestep", "early_exit", "energy")  # over timesteps, not one accuracy
+EVALUATIONS = PERTURBATIONS + TIME_STUDIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +66,20 @@ class EvaluationConfig:
                                       "1.57,6.28.", parse=numbers("attack_surrogates"))
     obfuscation_drop: float = option(0.05, "Flag a model whose attacked accuracy falls by "
                                      "more than this (absolute) under another surrogate.")
+    exit_policy: str = option("confidence", "Early exit: stop an input at the first timestep "
+                              "whose accumulated softmax has max probability >= threshold "
+                              "(confidence), entropy <= threshold (entropy) or top-1 minus "
+                              "top-2 probability >= threshold (margin).",
+                              choices=early_exit.POLICIES)
+    exit_thresholds: tuple = option((0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+                                    "Early-exit thresholds to sweep.",
+                                    parse=numbers("exit_thresholds"))
+    exit_fisher_samples: int = option(128, "Training images of the Fisher information "
+                                      "centroid that early_exit reports beside the mean exit "
+                                      "timestep (0: none).")
+    energy_table: str = option("45nm", "Picojoules per operation for energy: a named table "
+                               "(45nm: 0.9 per accumulate, 4.6 per multiply-accumulate) or "
+                               "accumulate=PJ,multiply_accumulate=PJ.")
     eval_samples: int = eval_samples()
     batch_size: int = option(64, "Batch size.")
     timesteps: int = run_timesteps()
@@ -71,6 +95,9 @@ class EvaluationConfig:
         require(len(self.window) == 2, "--window takes two numbers: start,width.")
         require(all(s > 0 for s in self.attack_surrogates),
                 "--attack_surrogates must be positive.")
+        require(self.exit_thresholds, "--exit_thresholds needs at least one threshold.")
+        require(self.exit_fisher_samples >= 0, "--exit_fisher_samples must be >= 0.")
+        energy.energy_table(self.energy_table)
 
 
 def predictions(model, window, jit_compile):
@@ -110,6 +137,84 @@ def accuracy(config, name, model, images, labels, surrogate=None):
     return correct / len(images)
 
 
+def per_timestep_logits(model, images, batch_size):
+    """[N, T, classes] logits of `model` in inference mode."""
+    return np.concatenate([model(images[start:start + batch_size], training=False).numpy()
+                           for start in range(0, len(images), batch_size)])
+
+
+def time_studies(config, model, images, labels, fisher_data):
+    """The per_timestep and early_exit entries of a model's report row."""
+    results = {}
+    if "per_timestep" in config.evaluations:
+        probe = TimestepProbe(model)(images, labels, batch_size=config.batch_size)
+        results["per_timestep"] = {"accuracy_upto": probe.accuracy_upto.tolist(),
+                                   "accuracy_at": probe.accuracy_at.tolist()}
+    counts = None
+    if "energy" in config.evaluations:
+        counts = energy.operation_counts(model, images, config.batch_size)
+        results["energy"] = counts.to_json(config.energy_table)
+    if "early_exit" in config.evaluations:
+        logits = per_timestep_logits(model, images, config.batch_size)
+        curve = early_exit.sweep(logits, labels, config.exit_policy, config.exit_thresholds)
+        results["early_exit"] = curve.to_json()
+        if counts is not None:
+            for point, threshold in zip(results["early_exit"]["points"],
+                                        config.exit_thresholds):
+                exits = early_exit.exit_timesteps(logits, config.exit_policy, threshold)
+                point["energy_pj"] = counts.energy_per_image(config.energy_table, exits)
+        if config.exit_fisher_samples:
+            fisher = temporal_fisher(model, fisher_data, config.exit_fisher_samples)
+            results["early_exit"]["fisher_centroid"] = fisher.centroid
+    return results
+
+
+def energy_markdown(row):
+    result = row["energy"]
+    lines = [f"Operations and energy per image of {row['checkpoint']} (T = "
+             f"{result['timesteps']}; {result['energy_table_pj']} pJ per operation):", "",
+             "| layer | operation | per timestep | equivalent ANN MACs |", "|---|---|---|---|"]
+    for layer in result["layers"]:
+        lines.append(f"| {layer['name']} | {layer['operation']} | "
+                     f"{', '.join(f'{v:.4g}' for v in layer['per_timestep'])} | "
+                     f"{layer['ann_macs']} |")
+    totals = result["per_image"]
+    lines += ["", f"Total: {totals['accumulate']:.4g} accumulates and "
+              f"{totals['multiply_accumulate']:.4g} multiply-accumulates, "
+              f"{result['energy_pj'] / 1e6:.4g} uJ; the equivalent ANN: {result['ann_macs']} "
+              f"MACs, {result['ann_energy_pj'] / 1e6:.4g} uJ."]
+    return "\n".join(lines) + "\n"
+
+
+def exit_markdown(row):
+    curve = row["early_exit"]
+    lines = [f"Early exit of {row['checkpoint']} ({curve['policy']} policy"
+             + (f"; Fisher information centroid {curve['fisher_centroid']:.2f}"
+                if "fisher_centroid" in curve else "") + "):", "",
+             "| threshold | accuracy (%) | mean timesteps | inputs exiting at t = 1.. |"
+             + (" energy per image |" if "energy_pj" in curve["points"][0] else ""),
+             "|---|---|---|---|" + ("---|" if "energy_pj" in curve["points"][0] else "")]
+    named = [(f"{p['threshold']:g}", p) for p in curve["points"]]
+    for name, point in named + [("full T", curve["full"]), ("oracle", curve["oracle"])]:
+        energy_cell = (f" {point['energy_pj'] / 1e6:.4g} uJ |" if "energy_pj" in point
+                       else "")
+        lines.append(f"| {name} | {100 * point['accuracy']:.2f} | "
+                     f"{point['mean_timesteps']:.2f} | "
+                     f"{', '.join(map(str, point['histogram']))} |{energy_cell}")
+    return "\n".join(lines) + "\n"
+
+
+def timestep_markdown(row):
+    result = row["per_timestep"]
+    lines = [f"Accuracy (%) per timestep of {row['checkpoint']}:", "",
+             "| t | " + " | ".join(str(t) for t in range(1, len(result["accuracy_at"]) + 1))
+             + " |", "|---|" + "---|" * len(result["accuracy_at"])]
+    for name, key in (("timesteps 1..t", "accuracy_upto"), ("timestep t alone", "accuracy_at")):
+        lines.append(f"| {name} | "
+                     + " | ".join(f"{100 * value:.2f}" for value in result[key]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows, evaluations):
     header = "| model | " + " | ".join(evaluations) + " | obfuscation flag |"
     lines = [header, "|" + "---|" * (len(evaluations) + 2)]
@@ -125,11 +230,11 @@ def markdown(rows, evaluations):
     return "\n".join(lines) + "\n"
 
 
-def evaluate_model(config, path, images, labels):
+def evaluate_model(config, path, images, labels, fisher_data):
     """The report row of the checkpoint at `path`."""
     model, _ = checkpoints.load_model(path, timesteps=config.timesteps)
     results = {}
-    for name in config.evaluations:
+    for name in (n for n in config.evaluations if n in PERTURBATIONS):
         results[name] = accuracy(config, name, model, images, labels)
         print(f"{path} {name}: {100 * results[name]:.2f}%", flush=True)
     other_surrogates = {}
@@ -144,7 +249,8 @@ def evaluate_model(config, path, images, labels):
     return {"checkpoint": path, "timesteps": timesteps_of(model), "accuracy": results,
             "drop_from_clean": {n: results[n] - results["clean"] for n in results}
             if "clean" in results else {},
-            "other_surrogates": other_surrogates, "obfuscation_suspected": suspected}
+            "other_surrogates": other_surrogates, "obfuscation_suspected": suspected,
+            **time_studies(config, model, images, labels, fisher_data)}
 
 
 def evaluate(config):
@@ -157,20 +263,47 @@ def evaluate(config):
         if any(n.endswith("_window") for n in config.evaluations):
             check_window(*config.window, config.timesteps or model_config["timesteps"])
     blurred_to = blur_size((None, *spec.image_shape), config.blur_size)  # refused before work
+    if "early_exit" in config.evaluations:
+        for threshold in config.exit_thresholds:
+            early_exit.check_threshold(config.exit_policy, threshold, spec.num_classes)
     arrays = config.data.load()
     images = to_unit_range(arrays.x_test[:config.eval_samples])
     labels = arrays.y_test[:config.eval_samples]
-    rows = [evaluate_model(config, path, images, labels) for path in paths]
+    fisher_data = (to_unit_range(arrays.x_train[:config.exit_fisher_samples]),
+                   arrays.y_train[:config.exit_fisher_samples])
+    rows = [evaluate_model(config, path, images, labels, fisher_data) for path in paths]
 
     settings = {name: value for name, value in dataclasses.asdict(config).items()
                 if name in ("evaluations", "eps", "pgd_step", "pgd_iterations", "random_start",
                             "noise", "window", "attack_surrogates", "eval_samples",
-                            "timesteps", "seed")}
+                            "timesteps", "seed", "exit_policy", "exit_thresholds",
+                            "exit_fisher_samples", "energy_table")}
     settings.update(dataset=config.data.dataset, test_images=len(images), blur_size=blurred_to)
     write_json(os.path.join(config.output_dir, "report.json"),
                {"settings": settings, "models": rows})
-    write_text(os.path.join(config.output_dir, "report.md"),
-               f"Accuracy (%) on {len(images)} test images; drop from clean in parentheses.\n\n"
-               + markdown(rows, config.evaluations))
-    print(markdown(rows, config.evaluations))
+    report = write_report(config, rows, len(images))
+    print(report)
     return rows
+
+
+def write_report(config, rows, test_images):
+    """report.md and the plots of the time studies; returns the markdown."""
+    perturbations = [n for n in config.evaluations if n in PERTURBATIONS]
+    sections = [f"Accuracy (%) on {test_images} test images"
+                + ("; drop from clean in parentheses.\n\n" + markdown(rows, perturbations)
+                   if perturbations else ".\n")]
+    if "per_timestep" in config.evaluations:
+        sections += [timestep_markdown(row) for row in rows]
+        plots.timestep_accuracy({row["checkpoint"]: row["per_timestep"] for row in rows},
+                                os.path.join(config.output_dir, "per_timestep.png"))
+    if "early_exit" in config.evaluations:
+        sections += [exit_markdown(row) for row in rows]
+        plots.exit_curves({row["checkpoint"]: row["early_exit"] for row in rows},
+                          os.path.join(config.output_dir, "early_exit.png"))
+    if "energy" in config.evaluations:
+        sections += [energy_markdown(row) for row in rows]
+        plots.operations_per_layer({row["checkpoint"]: row["energy"] for row in rows},
+                                   os.path.join(config.output_dir, "energy.png"))
+    report = "\n".join(sections)
+    write_text(os.path.join(config.output_dir, "report.md"), report)
+    return report
