@@ -110,5 +110,9 @@ def test_evaluate_reports_energy_with_and_without_early_exit(trained_run, tmp_pa
     for point in row["early_exit"]["points"]:
         exits = early_exit.exit_timesteps(logits, "confidence", point["threshold"])
         assert point["energy_pj"] == pytest.approx(counts.energy_per_image(table, exits))
+    assert row["early_exit"]["full"]["energy_pj"] == pytest.approx(row["energy"]["energy_pj"])
+    oracle = early_exit.oracle_timesteps(logits, np.load(npz)["y_test"][:16])
+    assert row["early_exit"]["oracle"]["energy_pj"] == pytest.approx(
+        counts.energy_per_image(table, oracle))
     assert (out / "energy.png").read_bytes()[:4] == b"\x89PNG"
     assert "equivalent ANN" in (out / "report.md").read_text()

@@ -159,10 +159,12 @@ def time_studies(config, model, images, labels, fisher_data):
         curve = early_exit.sweep(logits, labels, config.exit_policy, config.exit_thresholds)
         results["early_exit"] = curve.to_json()
         if counts is not None:
-            for point, threshold in zip(results["early_exit"]["points"],
-                                        config.exit_thresholds):
-                exits = early_exit.exit_timesteps(logits, config.exit_policy, threshold)
-                point["energy_pj"] = counts.energy_per_image(config.energy_table, exits)
+            curve = results["early_exit"]
+            exits = [early_exit.exit_timesteps(logits, config.exit_policy, threshold)
+                     for threshold in config.exit_thresholds]
+            exits += [None, early_exit.oracle_timesteps(logits, labels)]  # full T, oracle
+            for point, used in zip(curve["points"] + [curve["full"], curve["oracle"]], exits):
+                point["energy_pj"] = counts.energy_per_image(config.energy_table, used)
         if config.exit_fisher_samples:
             fisher = temporal_fisher(model, fisher_data, config.exit_fisher_samples)
             results["early_exit"]["fisher_centroid"] = fisher.centroid
