@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_tool
-from tic_tf import early_exit
+from tic_tf import early_exit, robustness
 from tic_tf.errors import UserError
 
 
@@ -135,3 +135,13 @@ def test_evaluate_refuses_a_threshold_outside_the_policy_before_any_work(trained
                       f"--data_file={npz}", "--dataset=cifar10", "--evaluations=early_exit",
                       "--exit_policy=entropy", "--exit_thresholds=0.5,3")
     assert_fails_cleanly(result, "threshold of 3 is outside the entropy policy's range", out)
+
+
+@pytest.mark.parametrize("paths, labels", [
+    (["/r/runs/a/checkpoints/epoch-0015", "/r/runs/bn/checkpoints/epoch-0015"], ["a", "bn"]),
+    (["runs/a/epoch-0003", "runs/a/epoch-0009"], ["epoch-0003", "epoch-0009"]),
+    (["runs/a", "runs/a/b"], ["runs/a", "runs/a/b"]),  # nothing left of one: as given
+    (["runs/a/checkpoints"], ["runs/a/checkpoints"]),
+])
+def test_plot_labels_drop_the_path_components_all_checkpoints_share(paths, labels):
+    assert robustness.short_labels(paths) == labels

@@ -107,14 +107,15 @@ class Panels:
             points = curve["points"]
             line, = axis.plot([p["mean_timesteps"] for p in points],
                               [100 * p["accuracy"] for p in points], marker="o",
-                              label=f"{label}: {curve['policy']}")
+                              label=str(label))
             for key, marker in (("full", "s"), ("oracle", "*")):
                 axis.plot(curve[key]["mean_timesteps"], 100 * curve[key]["accuracy"],
                           marker=marker, markersize=10, linestyle="none",
-                          color=line.get_color(), label=f"{label}: {key}")
+                          color=line.get_color())
+        policy = next(iter(curves.values()))["policy"]
         axis.set_xlabel("mean timesteps used")
         axis.set_ylabel("accuracy (%)")
-        axis.set_title(title)
+        axis.set_title(f"{title}, {policy} policy\n(square: all timesteps, star: oracle)")
         axis.legend(fontsize="small")
 
     def operations_per_layer(self, report, title="Operations per image"):

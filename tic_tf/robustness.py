@@ -288,23 +288,43 @@ def evaluate(config):
     return rows
 
 
+def short_labels(paths):
+    """Plot labels: the checkpoint paths without the leading and trailing path components
+    they all share (runs/a/checkpoints/epoch-0015, runs/b/... -> a, b)."""
+    parts = [os.path.normpath(path).split(os.sep) for path in paths]
+
+    def shared(sequences):
+        count = 0
+        for column in zip(*sequences):
+            if len(set(column)) > 1:
+                break
+            count += 1
+        return count
+
+    lead = shared(parts)
+    trail = shared([p[lead:][::-1] for p in parts])
+    labels = [os.sep.join(p[lead:len(p) - trail]) for p in parts]
+    return labels if len(paths) > 1 and all(labels) else list(paths)
+
+
 def write_report(config, rows, test_images):
     """report.md and the plots of the time studies; returns the markdown."""
     perturbations = [n for n in config.evaluations if n in PERTURBATIONS]
     sections = [f"Accuracy (%) on {test_images} test images"
                 + ("; drop from clean in parentheses.\n\n" + markdown(rows, perturbations)
                    if perturbations else ".\n")]
+    labels = short_labels([row["checkpoint"] for row in rows])
     if "per_timestep" in config.evaluations:
         sections += [timestep_markdown(row) for row in rows]
-        plots.timestep_accuracy({row["checkpoint"]: row["per_timestep"] for row in rows},
+        plots.timestep_accuracy({label: row["per_timestep"] for label, row in zip(labels, rows)},
                                 os.path.join(config.output_dir, "per_timestep.png"))
     if "early_exit" in config.evaluations:
         sections += [exit_markdown(row) for row in rows]
-        plots.exit_curves({row["checkpoint"]: row["early_exit"] for row in rows},
+        plots.exit_curves({label: row["early_exit"] for label, row in zip(labels, rows)},
                           os.path.join(config.output_dir, "early_exit.png"))
     if "energy" in config.evaluations:
         sections += [energy_markdown(row) for row in rows]
-        plots.operations_per_layer({row["checkpoint"]: row["energy"] for row in rows},
+        plots.operations_per_layer({label: row["energy"] for label, row in zip(labels, rows)},
                                    os.path.join(config.output_dir, "energy.png"))
     report = "\n".join(sections)
     write_text(os.path.join(config.output_dir, "report.md"), report)
