@@ -30,8 +30,8 @@ from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import LABEL_MODES, METHODS, temporal_fisher
 from tic_tf.kernels import ONEDNN_VARIABLE
 from tic_tf.models import BN_STATISTICS
-from tic_tf.options import (check_choices, check_positive, eval_samples, nested, option,
-                            output_dir, require, run_timesteps, seed, xla)
+from tic_tf.options import (check_choices, check_paths, check_positive, eval_samples, nested,
+                            option, output_dir, require, run_timesteps, seed, xla)
 from tic_tf.windows import window_accuracies
 
 ANALYSES = ("fisher", "windows", "diagnostics")
@@ -67,6 +67,7 @@ class AnalysisConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_paths(self)
         require(self.checkpoints and self.output_dir, "checkpoints and output_dir are "
                 "required.")
         check_positive(self, "num_samples", "batch_size", "timesteps", "window",

@@ -43,7 +43,8 @@ from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            fold_batch_norm, relu_twin, set_precision)
-from tic_tf.options import check_choices, check_positive, integers, option, require, xla
+from tic_tf.options import (check_choices, check_paths, check_positive, integers, option, require,
+                            xla)
 from tic_tf.timing import PeakMemory, in_fresh_process, machine, median_of, median_time
 
 FIGURES = ("train", "infer", "ceiling", "fisher", "pgd")
@@ -74,12 +75,14 @@ class BenchmarkConfig:
                                     "AVX512-BF16/AMX) or float16.", choices=sorted(PRECISIONS))
     skip: tuple = option((), "Figures to leave out: any of train, infer, ceiling, fisher, pgd.",
                          choices=FIGURES)
-    json: str = option(None, "Also write the figures to this JSON file.", kind=str)
+    json: str = option(None, "Also write the figures to this JSON file.", kind=str,
+                       writes="file")
     peer: str = option(None, "Directory of the PyTorch peer (ref_bench.py, ensure-torchenv), "
                        "time it too, at the same settings.", kind=str)
 
     def __post_init__(self):
         check_choices(self)
+        check_paths(self)
         check_positive(self, "batch_size", "train_steps", "fisher_samples", "repeats")
         require(self.timesteps and all(t >= 1 for t in self.timesteps),
                 "--timesteps takes positive integers, e.g. 4,10.")

@@ -35,6 +35,7 @@ from tic_tf.data import DataConfig, get_spec
 from tic_tf.errors import DataUnavailable, UserError
 from tic_tf.iterative_pruning import PruneConfig, prune
 from tic_tf.models import BN_STATISTICS
+from tic_tf.options import check_writable
 from tic_tf.robustness import EvaluationConfig, evaluate
 from tic_tf.training import TrainConfig, check_run_dir, run_settings, train
 
@@ -400,6 +401,7 @@ def run_experiment(experiment, scale_name, output_dir, sources=DataSources()):
                         f"{', '.join(EXPERIMENTS)}.")
     if scale_name not in SCALES:
         raise UserError(f"Unknown scale {scale_name!r}; choose one of {', '.join(SCALES)}.")
+    check_writable("output_dir", output_dir, "directory")
     scale = SCALES[scale_name]
     planned = EXPERIMENTS[experiment].runs(scale)
     needed = {json.dumps(s["data"], sort_keys=True): s["data"] for s in planned.values()}

@@ -33,8 +33,8 @@ from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import with_timesteps
-from tic_tf.options import (augment, check_choices, check_positive, eval_samples, nested,
-                            option, output_dir, require, seed, train_examples, xla)
+from tic_tf.options import (augment, check_choices, check_paths, check_positive, eval_samples,
+                            nested, option, output_dir, require, seed, train_examples, xla)
 from tic_tf.pruning import (PruningSummaries, overall_sparsity, prune_low_magnitude,
                             prune_to_sparsity, retraining_schedule)
 
@@ -81,6 +81,7 @@ class PruneConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_paths(self)
         require(self.checkpoint and self.output_dir, "checkpoint and output_dir are required.")
         require(0.0 < self.fraction < 1.0, f"--fraction must lie in (0, 1), got "
                 f"{self.fraction}.")

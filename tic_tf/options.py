@@ -7,16 +7,19 @@ one default and one help text whether it comes from Python or a shell. A field h
 config (such as `DataConfig`) contributes its fields as flags of their own names.
 """
 import dataclasses
+import os
 
 from tic_tf.errors import UserError
 
 
-def option(default, help, *, choices=None, kind=None, parse=None):
+def option(default, help, *, choices=None, kind=None, parse=None, writes=None):
     """A config field. `kind` (int, float, str, bool or list) is needed only when `default`
     is None; a list-valued option's default is a tuple. `parse` turns a flag's value (for a
-    list, its strings) into the field's value and raises UserError on bad input."""
+    list, its strings) into the field's value and raises UserError on bad input. `writes`
+    ("directory" or "file") marks a path the entry point writes, checked by `check_paths`."""
     kind = kind or (list if isinstance(default, tuple) else type(default))
-    metadata = {"help": help, "choices": choices, "kind": kind, "parse": parse}
+    metadata = {"help": help, "choices": choices, "kind": kind, "parse": parse,
+                "writes": writes}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -55,6 +58,39 @@ def check_choices(config):
                             f"{', '.join(map(str, unknown))}.")
 
 
+def check_paths(config):
+    """UserError for a path `config` would write but cannot: an existing file where a
+    directory goes (or the reverse), a parent that is a file, no permission. Checked when the
+    config is made, so that a bad path fails before any work and leaves nothing behind."""
+    for field in dataclasses.fields(config):
+        kind, path = field.metadata.get("writes"), getattr(config, field.name)
+        if kind is not None and path:
+            check_writable(field.name, path, kind)
+
+
+def check_writable(name, path, kind):
+    """UserError naming flag `name` if `path` cannot be written as a `kind`."""
+    problem = _unwritable(path, kind)
+    if problem:
+        raise UserError(f"--{name}={path} {problem}")
+
+
+def _unwritable(path, kind):
+    """Why `path` cannot be written as a `kind` ("directory" or "file"), or None."""
+    if os.path.lexists(path) and os.path.isdir(path) != (kind == "directory"):
+        other = "file" if kind == "directory" else "directory"
+        return f"is a {other}, not a {kind}; pass a path for a {kind}."
+    # Files are written beside themselves and renamed (tic_tf.atomic): their parent counts.
+    existing = os.path.abspath(path if kind == "directory" else os.path.dirname(path) or ".")
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"cannot be created: {existing} is a file; choose another path."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: no permission to write in {existing}; choose another path."
+    return None
+
+
 def require(condition, message):
     """UserError(`message`) unless `condition`: validation that library calls share."""
     if not condition:
@@ -89,7 +125,7 @@ def numbers(name):
 # Settings that several entry points share, each declared once.
 
 def output_dir(what):
-    return option(None, f"Where {what} go.", kind=str)
+    return option(None, f"Where {what} go.", kind=str, writes="directory")
 
 
 def seed(what):

@@ -33,8 +33,8 @@ from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import timesteps_of
-from tic_tf.options import (check_choices, check_positive, eval_samples, integers, nested,
-                            numbers, option, output_dir, require, run_timesteps, seed, xla)
+from tic_tf.options import (check_choices, check_paths, check_positive, eval_samples, integers,
+                            nested, numbers, option, output_dir, require, run_timesteps, seed, xla)
 
 PERTURBATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd_window")
 ATTACKS = ("fgsm", "pgd", "fgsm_window", "pgd_window")
@@ -88,6 +88,7 @@ class EvaluationConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_paths(self)
         require(self.checkpoints and self.output_dir, "checkpoints and output_dir are "
                 "required.")
         require(self.eps >= 0 and self.pgd_step >= 0, "--eps and --pgd_step must be >= 0.")

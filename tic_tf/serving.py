@@ -8,7 +8,7 @@ from tic_tf import checkpoints
 from tic_tf.atomic import partial_path, publish_dir
 from tic_tf.losses import mean_logits
 from tic_tf.models import fold_batch_norm
-from tic_tf.options import check_positive, option, output_dir, require
+from tic_tf.options import check_paths, check_positive, option, output_dir, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +22,7 @@ class ExportConfig:
 
     def __post_init__(self):
         require(self.checkpoint and self.output_dir, "checkpoint and output_dir are required.")
+        check_paths(self)
         check_positive(self, "timesteps")
 
 

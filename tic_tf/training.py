@@ -28,8 +28,8 @@ from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
 from tic_tf.neurons import DEFAULT_SHARPNESS
-from tic_tf.options import (augment, check_choices, check_positive, flat_dict, integers, nested,
-                            option, require, train_examples)
+from tic_tf.options import (augment, check_choices, check_paths, check_positive, flat_dict,
+                            integers, nested, option, require, train_examples)
 from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
@@ -84,7 +84,7 @@ class TrainConfig:
     augment: bool = augment(", as in the paper")
     seed: int = option(0, "Seed for initial weights, shuffling and augmentation.")
     model_dir: str = option(None, "Run directory (default runs/<dataset>-<arch>-T<T>).",
-                            kind=str)
+                            kind=str, writes="directory")
     eval_every: int = option(1, "Evaluate on the test split every this many epochs.")
     keep_checkpoints: tuple = option((), "Epochs whose checkpoints are kept for later "
                                      "analysis (e.g. 20,120,300); the last two are always "
@@ -107,6 +107,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        check_paths(self)
         check_positive(self, "timesteps", "batch_size", "epochs", "eval_every",
                        "fisher_samples")
         require(self.width > 0, "--width must be positive.")
