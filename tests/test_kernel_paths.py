@@ -1,5 +1,10 @@
 """The exact Fisher estimator gives the same values whichever kernel library TensorFlow runs:
-oneDNN (whose grouped convolution it uses) or Eigen (where it takes image patches instead)."""
+oneDNN (whose grouped convolution it uses) or Eigen (where it takes image patches instead).
+
+Directly, in one process each, for one case per architecture, each in a batch-norm mode and
+kind of statistics that test_fisher does not compare with per-sample gradients. The other
+combinations are compared with per-sample gradients under both kernel libraries, as the README's
+test command runs the numerical tests a second time with oneDNN off."""
 import json
 import os
 import subprocess
@@ -19,11 +24,8 @@ from tic_tf.models import build_model
 rng = np.random.default_rng(0)
 images = rng.random((4, 28, 28, 1), dtype=np.float32)
 labels = rng.integers(0, 5, 4).astype(np.int32)
-# Every architecture, batch-norm mode and kind of statistics, each at least once.
-cases = [("vgg16", "per_timestep", "moving"), ("alexnet", "shared", "batch"),
-         ("resnet19", "per_timestep", "moving"), ("resnet19", "per_timestep", "batch"),
-         ("resnet19", "shared", "batch"), ("resnet19", "time_specific", "moving"),
-         ("resnet19", "bntt", "batch")]
+cases = [("vgg16", "bntt", "moving"), ("alexnet", "shared", "batch"),
+         ("resnet19", "time_specific", "moving")]
 values = {}
 for arch, mode, statistics in cases:
     keras.utils.set_random_seed(1)
@@ -53,7 +55,7 @@ def test_fisher_values_are_the_same_with_onednn_on_and_off():
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-2000:]
         values[onednn] = json.loads(out.strip().splitlines()[-1])
-    assert len(values["0"]) == 7 and values["0"].keys() == values["1"].keys()
+    assert len(values["0"]) == 3 and values["0"].keys() == values["1"].keys()
     for case, off in values["0"].items():
         # Float32 sums in other orders, and another route for most convolutions.
         np.testing.assert_allclose(off, values["1"][case], rtol=1e-4, err_msg=case)

@@ -83,6 +83,11 @@ def test_bfloat16_training_runs_and_its_checkpoint_evaluates_in_float32(tiny_npz
     assert report["models"][0]["accuracy"]["clean"] == expected
 
 
+# For resumed runs whose weights alone are compared: neither the Fisher monitor nor the export
+# is a run setting, and neither may change the weights.
+WEIGHTS_ONLY = ("--fisher_every=0", "--export=false")
+
+
 def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     resumed_dir = tmp_path / "resumed"
@@ -92,7 +97,7 @@ def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     shutil.rmtree(resumed_dir / "saved_model")
     os.remove(resumed_dir / "results.json")
     (resumed_dir / "checkpoints" / "epoch-0002.partial-1").mkdir()
-    result = run_tool("train", *train_args(npz, resumed_dir))
+    result = run_tool("train", *train_args(npz, resumed_dir, *WEIGHTS_ONLY))
     assert result.returncode == 0, result.stderr
     assert "Resuming from" in result.stdout
     assert [e for e, _ in checkpoints.list_epochs(resumed_dir / "checkpoints")] == [1, 2]
@@ -115,7 +120,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(trained_run, tmp_pa
     process.send_signal(signal.SIGKILL)  # during epoch 2
     process.wait()
     assert not (killed_dir / "checkpoints" / "epoch-0002").exists()
-    result = run_tool("train", *train_args(npz, killed_dir))
+    result = run_tool("train", *train_args(npz, killed_dir, *WEIGHTS_ONLY))
     assert result.returncode == 0, result.stderr
     assert "Resuming from" in result.stdout
     assert_same_final_weights(run_dir, killed_dir)
@@ -154,7 +159,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, t
     newest = resumed_dir / "checkpoints" / "epoch-0002"
     data_file = next(newest.glob("state.data-*"))
     data_file.write_bytes(b"\0" * 16)  # truncated, as by a full disk
-    result = run_tool("train", *train_args(npz, resumed_dir))
+    result = run_tool("train", *train_args(npz, resumed_dir, *WEIGHTS_ONLY))
     assert result.returncode == 0, result.stderr
     assert "skipping unreadable checkpoint" in result.stderr and "epoch-0002" in result.stderr
     assert "Resuming from" in result.stdout and "epoch-0001" in result.stdout
