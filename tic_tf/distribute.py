@@ -14,7 +14,7 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-from tic_tf import multi_worker
+from tic_tf import multi_worker, run_lock
 from tic_tf.errors import UserError
 from tic_tf.options import check_choices, option
 
@@ -124,11 +124,13 @@ def check_batch_size(strategy, batch_size):
 
 @contextlib.contextmanager
 def output_dir(strategy, path):
-    """Yields where this process writes: `path` on the chief; on other workers a temporary
-    directory removed at exit. Non-chief workers still save (checkpoints may run collectives,
-    so every worker must take part), but their copies are thrown away."""
+    """Yields where this process writes: `path` on the chief, which holds its lock (one
+    writer per run directory: `tic_tf.run_lock`); on other workers a temporary directory
+    removed at exit. Non-chief workers still save (checkpoints may run collectives, so every
+    worker must take part), but their copies are thrown away."""
     if is_chief(strategy):
-        yield path
+        with run_lock.holding(path):
+            yield path
         return
     scratch = tempfile.mkdtemp(prefix="tic_tf-worker-")
     try:

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from tic_tf import plots
+from tic_tf import plots, run_lock
 from tic_tf.analysis import AnalysisConfig, analyze
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import read_metrics
@@ -408,13 +408,14 @@ def run_experiment(experiment, scale_name, output_dir, sources=DataSources()):
     for data in needed.values():  # before any training
         sources.check_available(data, f"{experiment} at scale {scale_name}")
     root = os.path.join(output_dir, scale_name)
-    os.makedirs(root, exist_ok=True)
     sizes = dataclasses.asdict(scale)
     print(f"{experiment} at scale {scale_name}: {json.dumps(sizes)}", flush=True)
-    run_dirs = Runs(root, sources).train_all(planned)
-    result, figure = EXPERIMENTS[experiment].measure(Context(scale, root, sources), run_dirs)
-    record = {"experiment": experiment, "scale": scale_name, "sizes": sizes, **result}
-    write_json(os.path.join(root, f"{experiment}.json"), record)
-    figure.save(os.path.join(root, f"{experiment}.png"))
+    with run_lock.holding(root):  # one driver per scale's directory
+        run_dirs = Runs(root, sources).train_all(planned)
+        result, figure = EXPERIMENTS[experiment].measure(Context(scale, root, sources),
+                                                         run_dirs)
+        record = {"experiment": experiment, "scale": scale_name, "sizes": sizes, **result}
+        write_json(os.path.join(root, f"{experiment}.json"), record)
+        figure.save(os.path.join(root, f"{experiment}.png"))
     print(f"Wrote {root}/{experiment}.json and {experiment}.png", flush=True)
     return record
