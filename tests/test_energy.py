@@ -116,3 +116,47 @@ def test_evaluate_reports_energy_with_and_without_early_exit(trained_run, tmp_pa
         counts.energy_per_image(table, oracle))
     assert (out / "energy.png").read_bytes()[:4] == b"\x89PNG"
     assert "equivalent ANN" in (out / "report.md").read_text()
+
+
+def test_training_logs_the_energy_of_each_epochs_weights(tmp_path):
+    import tensorflow as tf
+
+    from tic_tf import checkpoints
+    from tic_tf.data import DataConfig, to_unit_range
+    from tic_tf.training import TrainConfig, train
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(arch="alexnet", width=0.125, timesteps=2, optimizer="adam",
+                      learning_rate=0.003, batch_size=64, epochs=2, train_examples=256,
+                      energy_every=2, energy_samples=16, energy_table="accumulate=1,"
+                      "multiply_accumulate=3", export=False, verbose=0,
+                      model_dir=str(run_dir)))
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert "energy/pj" not in records[0]  # every 2 epochs
+    model, _ = checkpoints.load_model(str(run_dir / "checkpoints" / "epoch-0002"))
+    images = to_unit_range(DataConfig().load().x_test[:16])
+    counts = operation_counts(model, images)
+    per_image = counts.per_image()
+    table = {"accumulate": 1.0, "multiply_accumulate": 3.0}
+    assert records[1]["energy/accumulates"] == pytest.approx(per_image["accumulate"])
+    assert records[1]["energy/multiply_accumulates"] == per_image["multiply_accumulate"]
+    assert records[1]["energy/pj"] == pytest.approx(
+        per_image["accumulate"] + 3 * per_image["multiply_accumulate"])
+    assert records[1]["energy/vs_ann"] == pytest.approx(
+        records[1]["energy/pj"] / counts.ann_energy_per_image(table))
+    logged = {}
+    for path in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "energy/pj":
+                    logged[event.step] = float(tf.make_ndarray(value.tensor))
+    assert logged == {2: pytest.approx(records[1]["energy/pj"])}
+
+
+def test_training_refuses_a_bad_energy_table_or_count_before_any_work():
+    from tic_tf.training import TrainConfig
+
+    with pytest.raises(UserError, match="Unknown energy table '7nm'"):
+        TrainConfig(energy_every=1, energy_table="7nm")
+    with pytest.raises(UserError, match="--energy_every must be >= 0"):
+        TrainConfig(energy_every=-1)

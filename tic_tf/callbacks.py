@@ -10,6 +10,7 @@ import tensorflow as tf
 from tic_tf import checkpoints, plots
 from tic_tf.atomic import write_text
 from tic_tf.diagnostics import TimestepProbe
+from tic_tf.energy import operation_counts
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import BN_STATISTICS
@@ -84,6 +85,30 @@ class TimestepMonitor(keras.callbacks.Callback):
                 tf.summary.image(f"firing/layer_x_timestep_{mode}_statistics",
                                  tf.image.decode_png(png)[None])
         self.writer.flush()
+
+
+class EnergyMonitor(keras.callbacks.Callback):
+    """Every `every` epochs, counts the operations the network (batch-norm folded, as served)
+    performs on fixed test `images` and adds to the logs, per image: `energy/pj` under
+    `table`, `energy/vs_ann` (that energy over the equivalent ANN's), `energy/accumulates`
+    and `energy/multiply_accumulates` (`tic_tf.energy`)."""
+
+    def __init__(self, images, every, table="45nm"):
+        super().__init__()
+        self.images = images
+        self.every = every
+        self.table = table
+        self.records = {}  # the logs carry all it measures
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every or logs is None:
+            return
+        counts = operation_counts(self.model, self.images)
+        per_image = counts.per_image()
+        logs["energy/pj"] = counts.energy_per_image(self.table)
+        logs["energy/vs_ann"] = logs["energy/pj"] / counts.ann_energy_per_image(self.table)
+        logs["energy/accumulates"] = per_image["accumulate"]
+        logs["energy/multiply_accumulates"] = per_image["multiply_accumulate"]
 
 
 class FisherMonitor(keras.callbacks.Callback):

@@ -150,6 +150,12 @@ def augment(note=""):
                   "of training images" + note + ".")
 
 
+def energy_table():
+    return option("45nm", "Picojoules per operation for energy: a named table (45nm: 0.9 per "
+                  "accumulate, 4.6 per multiply-accumulate) or "
+                  "accumulate=PJ,multiply_accumulate=PJ.")
+
+
 def run_timesteps():
     return option(None, "Run the checkpoints at this T (default: the T they were trained "
                   "with).", kind=int)

@@ -33,8 +33,9 @@ from tic_tf.diagnostics import TimestepProbe
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import timesteps_of
-from tic_tf.options import (check_choices, check_paths, check_positive, eval_samples, integers,
-                            nested, numbers, option, output_dir, require, run_timesteps, seed, xla)
+from tic_tf.options import (check_choices, check_paths, check_positive, energy_table,
+                            eval_samples, integers, nested, numbers, option, output_dir, require,
+                            run_timesteps, seed, xla)
 
 PERTURBATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd_window")
 ATTACKS = ("fgsm", "pgd", "fgsm_window", "pgd_window")
@@ -77,9 +78,7 @@ class EvaluationConfig:
     exit_fisher_samples: int = option(128, "Training images of the Fisher information "
                                       "centroid that early_exit reports beside the mean exit "
                                       "timestep (0: none).")
-    energy_table: str = option("45nm", "Picojoules per operation for energy: a named table "
-                               "(45nm: 0.9 per accumulate, 4.6 per multiply-accumulate) or "
-                               "accumulate=PJ,multiply_accumulate=PJ.")
+    energy_table: str = energy_table()
     eval_samples: int = eval_samples()
     batch_size: int = option(64, "Batch size.")
     timesteps: int = run_timesteps()

@@ -15,9 +15,9 @@ import time
 
 import keras
 
-from tic_tf import checkpoints, distribute, preemption
+from tic_tf import checkpoints, distribute, energy, preemption
 from tic_tf.atomic import write_json
-from tic_tf.callbacks import (EpochCheckpoint, FisherMonitor, MetricsLogger,
+from tic_tf.callbacks import (EnergyMonitor, EpochCheckpoint, FisherMonitor, MetricsLogger,
                               StopOnNonFiniteLoss, TimestepMonitor)
 from tic_tf.data import (DataConfig, eval_dataset, first_examples, steps_per_epoch,
                          to_unit_range, train_dataset)
@@ -28,8 +28,9 @@ from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
 from tic_tf.neurons import DEFAULT_SHARPNESS
-from tic_tf.options import (augment, check_choices, check_paths, check_positive, flat_dict,
-                            integers, nested, option, require, train_examples)
+from tic_tf.options import (augment, check_choices, check_paths, check_positive,
+                            energy_table, flat_dict, integers, nested, option, require,
+                            train_examples)
 from tic_tf.preemption import PreemptionCheckpoint
 from tic_tf.serving import export_saved_model
 
@@ -92,6 +93,11 @@ class TrainConfig:
     fisher_every: int = option(0, "Measure temporal Fisher information every this many "
                                "epochs on a fixed training subset (0: off).")
     fisher_samples: int = option(64, "Training images used by --fisher_every.")
+    energy_every: int = option(0, "Count spike operations and energy per image on the first "
+                               "--energy_samples test images every this many epochs (0: off)"
+                               "; energy/ scalars in metrics.jsonl and TensorBoard.")
+    energy_samples: int = option(64, "Test images used by --energy_every.")
+    energy_table: str = energy_table()
     mixed_precision: str = option("none", "16-bit compute: bfloat16 (CPUs with AVX512-BF16/"
                                   "AMX, TPUs, recent GPUs) or float16 (GPUs, with loss "
                                   "scaling); the membrane, surrogate and logits stay float32.",
@@ -109,7 +115,8 @@ class TrainConfig:
         check_choices(self)
         check_paths(self)
         check_positive(self, "timesteps", "batch_size", "epochs", "eval_every",
-                       "fisher_samples")
+                       "fisher_samples", "energy_samples")
+        energy.energy_table(self.energy_table)
         require(self.width > 0, "--width must be positive.")
         require(self.tau > 0.5, "--tau must be > 0.5 (the decay 1 - 1/tau must stay above -1).")
         require(self.threshold > 0, "--threshold must be positive.")
@@ -118,8 +125,9 @@ class TrainConfig:
         require(self.weight_decay >= 0, "--weight_decay must be >= 0.")
         require(self.alpha >= 0, "--alpha must be >= 0.")
         require(min(self.lr_base_batch, self.train_examples, self.test_examples,
-                    self.fisher_every) >= 0, "--lr_base_batch, --train_examples, "
-                "--test_examples and --fisher_every must be >= 0.")
+                    self.fisher_every, self.energy_every) >= 0, "--lr_base_batch, "
+                "--train_examples, --test_examples, --fisher_every and --energy_every must be "
+                ">= 0.")
         require(self.keep_checkpoints == "all" or all(
             isinstance(k, int) for k in self.keep_checkpoints),
             "--keep_checkpoints must be 'all' or a comma-separated list of epochs.")
@@ -252,6 +260,9 @@ def make_callbacks(config, arrays, run_dir, arguments, first_step, start_epoch, 
                                       arrays.y_train[:count], config.fisher_every,
                                       os.path.join(run_dir, "tensorboard"),
                                       verbose=bool(verbose)))
+    if config.energy_every:
+        monitors.append(EnergyMonitor(to_unit_range(arrays.x_test[:config.energy_samples]),
+                                      config.energy_every, config.energy_table))
     callbacks += monitors
     callbacks.append(EpochCheckpoint(checkpoint_dir, arguments, keep))
     if preemptible:
