@@ -1,6 +1,8 @@
 """The training and export commands, run as a user runs them."""
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -88,14 +90,19 @@ def test_bfloat16_training_runs_and_its_checkpoint_evaluates_in_float32(tiny_npz
 WEIGHTS_ONLY = ("--fisher_every=0", "--export=false")
 
 
+def stopped_after_epoch_1(run_dir, copy):
+    """A copy of the two-epoch `run_dir` as it was before its second epoch's outputs."""
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints" / "epoch-0002")
+    shutil.rmtree(copy / "saved_model")
+    os.remove(copy / "results.json")
+    return copy
+
+
 def test_interrupted_run_resumes_to_the_same_weights(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
-    resumed_dir = tmp_path / "resumed"
-    shutil.copytree(run_dir, resumed_dir)
+    resumed_dir = stopped_after_epoch_1(run_dir, tmp_path / "resumed")
     # The state a run killed during epoch 2 leaves behind: one checkpoint, a partial one.
-    shutil.rmtree(resumed_dir / "checkpoints" / "epoch-0002")
-    shutil.rmtree(resumed_dir / "saved_model")
-    os.remove(resumed_dir / "results.json")
     (resumed_dir / "checkpoints" / "epoch-0002.partial-1").mkdir()
     result = run_tool("train", *train_args(npz, resumed_dir, *WEIGHTS_ONLY))
     assert result.returncode == 0, result.stderr
@@ -164,6 +171,43 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(trained_run, t
     assert "skipping unreadable checkpoint" in result.stderr and "epoch-0002" in result.stderr
     assert "Resuming from" in result.stdout and "epoch-0001" in result.stdout
     assert_same_final_weights(run_dir, resumed_dir)  # epoch 2 trained again
+
+
+def file_size_limit(limit):
+    """A preexec_fn: writes past `limit` bytes per file fail with EFBIG, as on a full disk
+    (SIGXFSZ ignored so that the write returns the error instead of killing the process)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_while_checkpointing_loses_nothing_and_the_rerun_resumes(trained_run,
+                                                                            tmp_path):
+    npz, run_dir, _ = trained_run
+    # Its second checkpoint (0.86 MB) will not fit in 0.5 MB.
+    full_dir = stopped_after_epoch_1(run_dir, tmp_path / "full")
+    metrics = (full_dir / "metrics.jsonl").read_text().splitlines(keepends=True)[0]
+    (full_dir / "metrics.jsonl").write_text(metrics)
+    first = {p.name: p.read_bytes() for p in (full_dir / "checkpoints" / "epoch-0001").iterdir()}
+    result = subprocess.run([sys.executable, "-m", "tic_tf.train", *train_args(npz, full_dir)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            preexec_fn=file_size_limit(500_000))
+    assert_fails_cleanly(result, f"error: Could not write {full_dir}/checkpoints/epoch-0002: "
+                         "File too large (it needs about ")
+    needed = re.search(r"it needs about (\d+) kB; .* free on that disk\)\. What was written "
+                       r"before is intact: make room and run the same command again to "
+                       r"resume\.\n$", result.stderr)
+    assert 500 < int(needed.group(1)) < 1000  # the model and optimizer: 0.86 MB on disk
+    assert os.listdir(full_dir / "checkpoints") == ["epoch-0001"]  # no partial left behind
+    assert {p.name: p.read_bytes()
+            for p in (full_dir / "checkpoints" / "epoch-0001").iterdir()} == first
+    assert (full_dir / "metrics.jsonl").read_text() == metrics
+    assert not (full_dir / "results.json").exists()
+    result = run_tool("train", *train_args(npz, full_dir, *WEIGHTS_ONLY))
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from" in result.stdout and "epoch-0001" in result.stdout
+    assert_same_final_weights(run_dir, full_dir)
 
 
 def test_diverging_loss_stops_with_epoch_and_step_and_keeps_no_bad_checkpoint(tiny_npz,

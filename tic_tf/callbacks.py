@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf import checkpoints, plots
-from tic_tf.atomic import write_text
+from tic_tf.atomic import append_line, write_text
 from tic_tf.diagnostics import TimestepProbe
 from tic_tf.energy import operation_counts
 from tic_tf.errors import UserError
@@ -196,8 +196,7 @@ class MetricsLogger(keras.callbacks.Callback):
             record.update(source.records.pop(epoch + 1, {}))
         record["epoch_time_s"] = time.perf_counter() - self.epoch_start
         self.start_epoch = epoch + 1  # a later fit() in this run keeps this record
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         with self.writer.as_default(step=epoch + 1):
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, float):

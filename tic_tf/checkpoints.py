@@ -13,10 +13,11 @@ import re
 import shutil
 import sys
 
+import numpy as np
 import tensorflow as tf
 
-from tic_tf.atomic import (RETIRED, partial_path, publish_dir, remove_partials, restore_retired,
-                           write_json)
+from tic_tf.atomic import (RETIRED, partial_path, publish_dir, remove_partials,
+                           reporting_full_disk, restore_retired, write_json)
 from tic_tf.errors import UserError
 from tic_tf.models import build_model, with_timesteps
 from tic_tf.pruning import prune_low_magnitude
@@ -44,10 +45,19 @@ def write(path, model, model_config, optimizer=None, extra=None):
     trackables such as pruning masks) and model.json."""
     partial = partial_path(path)
     shutil.rmtree(partial, ignore_errors=True)
-    tf.train.Checkpoint(**_objects(model, optimizer, extra)).write(os.path.join(partial, STATE))
-    write_json(os.path.join(partial, MODEL_JSON), model_config)
+    objects = _objects(model, optimizer, extra)
+    with reporting_full_disk(path, variable_bytes(model, optimizer),
+                             lambda: shutil.rmtree(partial, ignore_errors=True)):
+        tf.train.Checkpoint(**objects).write(os.path.join(partial, STATE))
+        write_json(os.path.join(partial, MODEL_JSON), model_config)
     publish_dir(partial, path)
     return path
+
+
+def variable_bytes(model, optimizer=None):
+    """Bytes of the model's (and optimizer's) variables: about what a checkpoint takes."""
+    variables = list(model.weights) + (list(optimizer.variables) if optimizer else [])
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
 
 
 def list_epochs(directory):

@@ -1,11 +1,12 @@
 """SavedModel export: a serving signature from images in [0, 1] to class probabilities."""
 import dataclasses
 import os
+import shutil
 
 import tensorflow as tf
 
 from tic_tf import checkpoints
-from tic_tf.atomic import partial_path, publish_dir
+from tic_tf.atomic import partial_path, publish_dir, reporting_full_disk
 from tic_tf.losses import mean_logits
 from tic_tf.models import fold_batch_norm
 from tic_tf.options import check_paths, check_positive, option, output_dir, require
@@ -46,7 +47,9 @@ def export_saved_model(model, path):
     module = _Serving(fold_batch_norm(model))
     partial = partial_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tf.saved_model.save(module, partial, signatures={"serving_default": module.serve})
+    with reporting_full_disk(path, checkpoints.variable_bytes(module.model),
+                             lambda: shutil.rmtree(partial, ignore_errors=True)):
+        tf.saved_model.save(module, partial, signatures={"serving_default": module.serve})
     publish_dir(partial, path)
     return path
 
