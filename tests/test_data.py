@@ -29,6 +29,14 @@ def test_float_images_in_unit_range_are_accepted(tmp_path):
     (dict(y_train=np.zeros(63, int)), "64 images but y_train 63 labels"),
     (dict(x_test=np.full((32, 32, 32, 3), 2.0)), "floats outside"),
     (dict(y_test=np.zeros(32, np.float32)), "integer array"),
+    (dict(x_train=None, x_training=np.zeros((64, 32, 32, 3), np.uint8)),
+     r"lacks the arrays \['x_train'\]"),
+    (dict(x_test=np.full((32, 32, 32, 3), np.nan, np.float32)), "NaN or infinite pixels"),
+    (dict(x_train=np.zeros((64, 32, 32, 3), np.int64)), "has dtype int64"),
+    (dict(x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, int)),
+     r"x_test has shape \(0, 32, 32, 3\); cifar10 needs \[N, 32, 32, 3\] with N > 0"),
+    (dict(y_train=np.full(64, -1)), r"labels in \[-1, -1\]"),
+    (dict(y_train=np.zeros((64, 2), int)), r"got shape \(64, 2\)"),
 ])
 def test_malformed_npz_is_refused_with_reason(tmp_path, overrides, message):
     path = write_npz(tmp_path / "bad.npz", **overrides)
@@ -43,6 +51,12 @@ def test_missing_or_unreadable_npz(tmp_path):
     garbage.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="Cannot read"):
         data.load_arrays(CIFAR10, data_file=str(garbage))
+    whole = open(write_npz(tmp_path / "whole.npz"), "rb").read()
+    (tmp_path / "truncated.npz").write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    with pytest.raises(UserError, match="Cannot read .*truncated.npz as an .npz archive"):
+        data.load_arrays(CIFAR10, data_file=str(tmp_path / "truncated.npz"))
+    with pytest.raises(UserError, match=f"Data file {tmp_path} is a directory; "):
+        data.load_arrays(CIFAR10, data_file=str(tmp_path))
 
 
 def test_unknown_dataset():

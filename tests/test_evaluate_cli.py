@@ -27,7 +27,7 @@ def test_table_one_report(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--eps=-0.1"], "--eps and --pgd_step must be >= 0"),
+    (["--eps=-0.1"], "--eps must be in [0, 1]"),
     (["--evaluations=clean,cw"], "--evaluations takes clean, gaussian, blur, fgsm, pgd, "
                                  "fgsm_window, pgd_window, per_timestep, early_exit, energy; "
                                  "got cw."),

@@ -84,6 +84,7 @@ class BenchmarkConfig:
         check_choices(self)
         check_paths(self)
         check_positive(self, "batch_size", "train_steps", "fisher_samples", "repeats")
+        require(self.width > 0, f"--width must be positive, got {self.width}.")
         require(self.timesteps and all(t >= 1 for t in self.timesteps),
                 "--timesteps takes positive integers, e.g. 4,10.")
         require(not self.peer or "float16" not in self.mixed_precision,

@@ -136,9 +136,9 @@ def _load_digits(spec):
 def load_npz(path, spec):
     """Read and validate an .npz holding x_train, y_train, x_test, y_test."""
     if not os.path.isfile(path):
-        raise DataUnavailable(f"Data file {path} does not exist; pass an .npz with x_train, "
-                              "y_train, x_test, y_test to --data_file.",
-                              f"{path} does not exist")
+        problem = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise DataUnavailable(f"Data file {path} {problem}; pass an .npz with x_train, "
+                              "y_train, x_test, y_test to --data_file.", f"{path} {problem}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             content = {key: archive[key] for key in archive.files}
@@ -168,6 +168,9 @@ def _as_uint8_images(images, spec, where):
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.floating):
+        if not np.all(np.isfinite(images)):
+            raise UserError(f"{where} holds NaN or infinite pixels; store uint8 pixels (0-255) "
+                            "or finite floats scaled to [0, 1].")
         if images.min() < 0 or images.max() > 1:
             raise UserError(f"{where} holds floats outside [0, 1]; store uint8 pixels (0-255) "
                             "or floats scaled to [0, 1].")

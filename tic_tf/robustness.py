@@ -90,9 +90,16 @@ class EvaluationConfig:
         check_paths(self)
         require(self.checkpoints and self.output_dir, "checkpoints and output_dir are "
                 "required.")
-        require(self.eps >= 0 and self.pgd_step >= 0, "--eps and --pgd_step must be >= 0.")
-        check_positive(self, "pgd_iterations", "eval_samples", "batch_size", "timesteps")
-        require(len(self.window) == 2, "--window takes two numbers: start,width.")
+        require(0 <= self.eps <= 1, f"--eps must be in [0, 1] (pixels are in [0, 1]), got "
+                f"{self.eps}.")
+        require(self.pgd_step > 0, f"--pgd_step must be positive, got {self.pgd_step}.")
+        require(self.noise >= 0, f"--noise must be >= 0, got {self.noise}.")
+        require(self.obfuscation_drop >= 0,
+                f"--obfuscation_drop must be >= 0, got {self.obfuscation_drop}.")
+        check_positive(self, "pgd_iterations", "eval_samples", "batch_size", "timesteps",
+                       "blur_size")
+        require(len(self.window) == 2 and min(self.window) >= 1,
+                "--window takes two positive integers: start,width.")
         require(all(s > 0 for s in self.attack_surrogates),
                 "--attack_surrogates must be positive.")
         require(self.exit_thresholds, "--exit_thresholds needs at least one threshold.")

@@ -124,10 +124,13 @@ class TrainConfig:
         require(self.learning_rate > 0, "--learning_rate must be positive.")
         require(self.weight_decay >= 0, "--weight_decay must be >= 0.")
         require(self.alpha >= 0, "--alpha must be >= 0.")
-        require(min(self.lr_base_batch, self.train_examples, self.test_examples,
-                    self.fisher_every, self.energy_every) >= 0, "--lr_base_batch, "
-                "--train_examples, --test_examples, --fisher_every and --energy_every must be "
-                ">= 0.")
+        require(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}.")
+        require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}.")
+        require(all(m >= 1 for m in self.lr_milestones), "--lr_milestones must be epochs >= 1.")
+        for name in ("lr_base_batch", "train_examples", "test_examples", "fisher_every",
+                     "energy_every"):
+            require(getattr(self, name) >= 0,
+                    f"--{name} must be >= 0, got {getattr(self, name)}.")
         require(self.keep_checkpoints == "all" or all(
             isinstance(k, int) for k in self.keep_checkpoints),
             "--keep_checkpoints must be 'all' or a comma-separated list of epochs.")
