@@ -26,7 +26,8 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # pytest-xdist: the README runs the suite on two processes, one test file each (a
         # file's tests share fixtures in order); most of a test is one-threaded graph tracing.
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # ai-edge-litert: the LiteRT interpreter that runs the TFLite exports in the tests.
+        "test": ["pytest>=7", "pytest-xdist>=3", "ai-edge-litert>=1.0"],
     },
     entry_points={
         "console_scripts": [

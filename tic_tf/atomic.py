@@ -63,9 +63,12 @@ def _remove(path):
 
 
 def write_text(path, text):
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = partial_path(path)
-    data = text.encode()
     with reporting_full_disk(path, len(data), lambda: _remove(partial)):
         with open(partial, "wb") as handle:
             handle.write(data)

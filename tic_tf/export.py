@@ -1,7 +1,9 @@
-r"""Export a checkpoint as a SavedModel for serving: images in, class probabilities out.
+r"""Export a checkpoint for serving: images in, class probabilities out.
 
     python -m tic_tf.export --checkpoint=runs/cifar10/checkpoints/epoch-0300 \
         --output_dir=exported/resnet19_t4 --timesteps=4
+    python -m tic_tf.export --checkpoint=runs/quick_cpu --output_dir=exported/lite \
+        --format=tflite --int8_weights
 
 (--output is the old name of --output_dir and still works.)
 """

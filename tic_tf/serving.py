@@ -1,28 +1,44 @@
-"""SavedModel export: a serving signature from images in [0, 1] to class probabilities."""
+"""Export for serving: a SavedModel, or a TensorFlow Lite (LiteRT) flatbuffer for edge devices,
+each with one signature from images in [0, 1] to class probabilities and per-timestep logits."""
 import dataclasses
 import os
 import shutil
+import tempfile
 
 import tensorflow as tf
 
 from tic_tf import checkpoints
-from tic_tf.atomic import partial_path, publish_dir, reporting_full_disk
+from tic_tf.atomic import partial_path, publish_dir, reporting_full_disk, write_bytes
 from tic_tf.losses import mean_logits
 from tic_tf.models import fold_batch_norm
-from tic_tf.options import check_paths, check_positive, option, output_dir, require
+from tic_tf.options import (check_choices, check_paths, check_positive, option, output_dir,
+                            require)
+
+
+FORMATS = ("saved_model", "tflite")
+TFLITE_FILE = "model.tflite"
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """Which checkpoint to export, where, and at which T."""
+    """Which checkpoint to export, where, in which format and at which T."""
     checkpoint: str = option(None, "Checkpoint directory (epoch-NNNN) or run directory (its "
                              "newest checkpoint is used).", kind=str)
-    output_dir: str = output_dir("the SavedModel's files")
+    output_dir: str = output_dir("the SavedModel's files, or model.tflite")
+    format: str = option("saved_model", "saved_model: a SavedModel (TensorFlow Serving, "
+                         "TensorFlow); tflite: <output_dir>/model.tflite for TensorFlow Lite "
+                         "(LiteRT) on edge devices.", choices=FORMATS)
+    int8_weights: bool = option(False, "With --format=tflite: weights stored as int8 "
+                                "(dynamic-range quantization, about 4x smaller; activations "
+                                "stay float32).")
     timesteps: int = option(None, "Inference timesteps baked into the export; default: the "
                             "timesteps the model was trained with.", kind=int)
 
     def __post_init__(self):
+        check_choices(self)
         require(self.checkpoint and self.output_dir, "checkpoint and output_dir are required.")
+        require(not self.int8_weights or self.format == "tflite",
+                "--int8_weights applies to --format=tflite only.")
         check_paths(self)
         check_positive(self, "timesteps")
 
@@ -54,10 +70,31 @@ def export_saved_model(model, path):
     return path
 
 
+def export_tflite(model, path, int8_weights=False):
+    """Write `model` as a TensorFlow Lite flatbuffer at `path` atomically: the SavedModel's
+    computation and signature (batch-norm folded), its variables frozen into constants, and
+    with `int8_weights` its weights quantized to int8. Returns `path`."""
+    with tempfile.TemporaryDirectory(prefix="tic_tf-tflite-") as scratch:
+        # Converted from a loaded SavedModel's signature, every variable (also those the LIF
+        # loops read) becomes a constant; from the Keras model's own function, some stay
+        # resource variables that the interpreter leaves unfilled.
+        saved = tf.saved_model.load(export_saved_model(model, os.path.join(scratch, "model")))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [saved.signatures["serving_default"]], saved)
+        if int8_weights:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        write_bytes(path, converter.convert())
+    return path
+
+
 def export_checkpoint(config):
-    """Export the checkpoint of `config` as a SavedModel; returns its directory."""
+    """Export the checkpoint of `config` in `config.format`; returns the written path."""
     model, model_config = checkpoints.load_model(config.checkpoint, timesteps=config.timesteps)
-    export_saved_model(model, config.output_dir)
-    print(f"Exported {model_config['arch']} at T={model_config['timesteps']} to "
-          f"{config.output_dir}")
-    return config.output_dir
+    if config.format == "tflite":
+        path = export_tflite(model, os.path.join(config.output_dir, TFLITE_FILE),
+                             config.int8_weights)
+        size = f" ({os.path.getsize(path) / 1e3:.0f} kB)"
+    else:
+        path, size = export_saved_model(model, config.output_dir), ""
+    print(f"Exported {model_config['arch']} at T={model_config['timesteps']} to {path}{size}")
+    return path
