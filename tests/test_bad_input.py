@@ -46,7 +46,7 @@ CASES = [
     (AnalysisConfig, "bn_statistics", "train", "--bn_statistics takes moving, batch"),
     (EvaluationConfig, "eps", -0.1, "--eps must be in [0, 1]"),
     (EvaluationConfig, "eps", 8.0, "--eps must be in [0, 1]"),
-    (EvaluationConfig, "pgd_step", 0.0, "--pgd_step must be positive"),
+    (EvaluationConfig, "pgd_step", -0.01, "--pgd_step must be >= 0"),
     (EvaluationConfig, "pgd_iterations", 0, "--pgd_iterations must be at least 1"),
     (EvaluationConfig, "noise", -1.0, "--noise must be >= 0"),
     (EvaluationConfig, "blur_size", 0, "--blur_size must be at least 1"),

@@ -92,7 +92,7 @@ class EvaluationConfig:
                 "required.")
         require(0 <= self.eps <= 1, f"--eps must be in [0, 1] (pixels are in [0, 1]), got "
                 f"{self.eps}.")
-        require(self.pgd_step > 0, f"--pgd_step must be positive, got {self.pgd_step}.")
+        require(self.pgd_step >= 0, f"--pgd_step must be >= 0, got {self.pgd_step}.")
         require(self.noise >= 0, f"--noise must be >= 0, got {self.noise}.")
         require(self.obfuscation_drop >= 0,
                 f"--obfuscation_drop must be >= 0, got {self.obfuscation_drop}.")
