@@ -10,6 +10,8 @@ from tic_tf.errors import UserError
 
 # A full disk, a full quota, the process's file-size limit.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+RESUME_ADVICE = ("What was written before is intact: make room and run the same command again "
+                 "to resume.")
 
 
 def partial_path(path):
@@ -44,8 +46,7 @@ def reporting_full_disk(path, needed_bytes, undo):
         free = shutil.disk_usage(parent).free
         raise UserError(f"Could not write {path}: {reason} (it needs about "
                         f"{_size(needed_bytes)}; {_size(free)} free on that disk). "
-                        "What was written before is intact: make room and run the same "
-                        "command again to resume.") from error
+                        + RESUME_ADVICE) from error
 
 
 def _size(count):

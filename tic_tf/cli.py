@@ -17,7 +17,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app, flags, logging  # noqa: E402  (after the environment is set)
 
-from tic_tf.atomic import out_of_space  # noqa: E402
+from tic_tf.atomic import RESUME_ADVICE, out_of_space  # noqa: E402
 from tic_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -48,9 +48,8 @@ def run(config_class, function, required=(), aliases=None, argv=None):
             reason = out_of_space(error)
             if reason is None:
                 raise
-            _fail(f"A write failed: {reason} ({str(error).strip().splitlines()[0]}). What was "
-                  "written before is intact: make room and run the same command again to "
-                  "resume.")
+            _fail(f"A write failed: {reason} ({str(error).strip().splitlines()[0]}). "
+                  + RESUME_ADVICE)
 
     app.run(guarded, argv=argv)
 

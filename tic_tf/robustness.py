@@ -163,10 +163,10 @@ def time_studies(config, model, images, labels, fisher_data):
         results["energy"] = counts.to_json(config.energy_table)
     if "early_exit" in config.evaluations:
         logits = per_timestep_logits(model, images, config.batch_size)
-        curve = early_exit.sweep(logits, labels, config.exit_policy, config.exit_thresholds)
-        results["early_exit"] = curve.to_json()
+        curve = early_exit.sweep(logits, labels, config.exit_policy,
+                                 config.exit_thresholds).to_json()
+        results["early_exit"] = curve
         if counts is not None:
-            curve = results["early_exit"]
             exits = [early_exit.exit_timesteps(logits, config.exit_policy, threshold)
                      for threshold in config.exit_thresholds]
             exits += [None, early_exit.oracle_timesteps(logits, labels)]  # full T, oracle
