@@ -12,7 +12,7 @@ normalisation inside the model. Beyond the paper:
 import numpy as np
 import tensorflow as tf
 
-from tic_tf.compiled import cached
+from tic_tf.compiled import cached, function
 from tic_tf.corruptions import check_window, windowed_frames
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
@@ -93,7 +93,7 @@ def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
     window = None if window is None else (int(window[0]), int(window[1]))
     target = attack_model(model, surrogate)
     key = ("pgd", window, int(iterations), bool(random_start), jit_compile)
-    program = cached(target, key, lambda: tf.function(
+    program = cached(target, key, lambda: function(
         _pgd_program(target, window, int(iterations), random_start), jit_compile=jit_compile))
     images = tf.convert_to_tensor(np.asarray(images, np.float32))
     return program(images, tf.convert_to_tensor(np.asarray(labels, np.int32)),

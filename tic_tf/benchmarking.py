@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.atomic import write_json
+from tic_tf.compiled import function
 from tic_tf.errors import UserError
 from tic_tf.attacks import loss_gradient, pgd
 from tic_tf.fisher import temporal_fisher
@@ -148,7 +149,7 @@ def bench(config, timesteps):
 
     def infer():
         served = fold_batch_norm(model)
-        run = tf.function(lambda images: served(images, training=False), jit_compile=config.xla)
+        run = function(lambda images: served(images, training=False), jit_compile=config.xla)
         return {"infer_img_s": batch / median_time(lambda: run(x).numpy(), config.repeats)}
 
     def ceiling():
@@ -166,7 +167,7 @@ def bench(config, timesteps):
     def attack():
         attacked = median_time(lambda: pgd(model, x, y, iterations=10,
                                            jit_compile=config.xla).numpy(), config.repeats)
-        gradient = tf.function(loss_gradient(model, None), jit_compile=config.xla)
+        gradient = function(loss_gradient(model, None), jit_compile=config.xla)
         one_pass = median_time(lambda: gradient(x, x, y).numpy(), config.repeats)
         return {"pgd10_s_per_img": attacked / batch, "pgd10_passes": attacked / one_pass}
 

@@ -306,7 +306,7 @@ def alpha_runs(scale):
 
 
 def fig5(context, run_dirs):
-    scale, epochs = context.scale, (context.scale.base["epochs"],)
+    epochs = (context.scale.base["epochs"],)
     result, fisher, losses, accuracy = {}, {}, {}, {}
     for name, run_dir in run_dirs.items():
         row, = _analysis(context, run_dir, os.path.join("fig5_analysis", name), ("fisher",),

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tic_tf.compiled import cached
+from tic_tf.compiled import cached, function
 from tic_tf.data import to_unit_range
 from tic_tf.errors import UserError
 from tic_tf.kernels import grouped_filter_gradient
@@ -308,7 +308,6 @@ def _shifted_gram(layer, tensor):
     return tf.reshape(patches, [samples, size, size])
 
 
-@tf.function(jit_compile=True)
 def _sum_over_offsets(gram, kernel_size, padding):
     """sum over offsets o of gram[p + o, q + o], for the pixels' Gram matrix `gram`
     `[n, F, H, W, F, H, W]` and a stride-1 kernel: the Gram matrix of its image patches.
@@ -322,6 +321,9 @@ def _sum_over_offsets(gram, kernel_size, padding):
     out_h, out_w = gram.shape[2] - kh + 1, gram.shape[3] - kw + 1
     gram = tf.add_n([gram[:, :, i:i + out_h, :, :, i:i + out_h] for i in range(kh)])
     return tf.add_n([gram[:, :, :, j:j + out_w, :, :, j:j + out_w] for j in range(kw)])
+
+
+_sum_over_offsets = function(_sum_over_offsets, jit_compile=True)
 
 
 def _patches(layer, tensor):
@@ -463,7 +465,7 @@ class _ExactFisher:
         self.routes = [_conv_route(spec, self.timesteps) for spec in self.layers]
         self.conv_routes = {route: self.routes.count(route)
                             for route in sorted(set(self.routes) - {None})}
-        self.batch_sums = tf.function(self._batch_sums, jit_compile=jit_compile)
+        self.batch_sums = function(self._batch_sums, jit_compile=jit_compile)
 
     def _batch_sums(self, images, labels, noise):
         statistics = self._batch_norm_statistics(images)
@@ -554,7 +556,7 @@ class _BatchMeanFisher:
         # With batch statistics, gradients flow through the moments, as in model.train().
         self.substitutes = _batch_norm_substitutes(_parameter_layers(model)[0], bn_statistics,
                                                    moment_gradients=True)
-        self.batch_values = tf.function(self._batch_values, jit_compile=jit_compile)
+        self.batch_values = function(self._batch_values, jit_compile=jit_compile)
 
     def _batch_values(self, images, labels):
         with tf.GradientTape(persistent=True) as tape:

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tic_tf import checkpoints, distribute, plots
 from tic_tf.atomic import write_json, write_text
-from tic_tf.compiled import cached
+from tic_tf.compiled import cached, function
 from tic_tf.data import (DataConfig, first_examples, steps_per_epoch, to_unit_range,
                          train_dataset)
 from tic_tf.distribute import DistributeConfig
@@ -115,7 +115,7 @@ def _epoch_of(path):
 
 def accuracy(model, test, batch_size):
     """Test accuracy of `model` on `test` = (images, labels); compiled once per model."""
-    predict = cached(model, "prune_predict", lambda: tf.function(
+    predict = cached(model, "prune_predict", lambda: function(
         lambda x: tf.argmax(tf.reduce_mean(model(x, training=False), 1), -1,
                             output_type=tf.int32)))
     images, labels = test

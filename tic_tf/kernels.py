@@ -13,6 +13,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tic_tf.compiled import function
+
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 NATIVE_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -31,7 +33,7 @@ def grouped_filter_gradient(dtype):
     expected = np.stack([[[np.sum(padded[:, i:i + 4, j:j + 4, g] * delta[..., g])
                            for g in range(2)] for j in range(3)] for i in range(3)])
 
-    @tf.function
+    @function
     def grouped(inputs, delta):
         return tf.compat.v1.nn.conv2d_backprop_filter(
             inputs, [3, 3, 1, 2], delta, strides=[1, 1, 1, 1], padding="SAME")

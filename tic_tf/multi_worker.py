@@ -7,9 +7,8 @@ context, where their sync-on-read variables are summed over all workers: the log
 the global batch, exactly as on one device. The callbacks see the calls `model.fit` makes.
 """
 import keras
-import tensorflow as tf
 
-from tic_tf.compiled import cached
+from tic_tf.compiled import cached, function
 
 
 def _distributed_step(model, strategy, name):
@@ -17,7 +16,7 @@ def _distributed_step(model, strategy, name):
     step = getattr(model, name)
 
     def build():
-        @tf.function
+        @function
         def run(batch):
             strategy.run(step, args=(batch,))
             return model.get_metrics_result()  # cross-replica: summed over every worker

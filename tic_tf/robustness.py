@@ -26,7 +26,7 @@ import tensorflow as tf
 from tic_tf import checkpoints, early_exit, energy, plots
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.atomic import write_json, write_text
-from tic_tf.compiled import cached
+from tic_tf.compiled import cached, function
 from tic_tf.corruptions import blur, blur_size, check_window, gaussian_noise
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
@@ -109,7 +109,7 @@ class EvaluationConfig:
 
 def predictions(model, window, jit_compile):
     """Compiled: predicted classes of (possibly time-windowed) adversarial inputs."""
-    return cached(model, ("predict", window, jit_compile), lambda: tf.function(
+    return cached(model, ("predict", window, jit_compile), lambda: function(
         lambda adversarial, clean: tf.argmax(mean_logits(
             attacked_logits(model, adversarial, clean, window)), -1, output_type=tf.int32),
         jit_compile=jit_compile))

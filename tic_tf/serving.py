@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tic_tf import checkpoints
 from tic_tf.atomic import partial_path, publish_dir, reporting_full_disk, write_bytes
+from tic_tf.compiled import function
 from tic_tf.losses import mean_logits
 from tic_tf.models import fold_batch_norm
 from tic_tf.options import (check_choices, check_paths, check_positive, option, output_dir,
@@ -48,7 +49,7 @@ class _Serving(tf.Module):
         super().__init__()
         self.model = model
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")
-        self.serve = tf.function(self._serve, input_signature=[spec])
+        self.serve = function(self._serve, input_signature=[spec])
 
     def _serve(self, images):
         """Images in [0, 1] -> class probabilities and per-timestep logits."""

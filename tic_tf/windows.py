@@ -3,6 +3,7 @@ timesteps, which shows how much each stretch of time matters to the prediction."
 import numpy as np
 import tensorflow as tf
 
+from tic_tf.compiled import function
 from tic_tf.corruptions import check_window, gaussian_noise, windowed_frames
 from tic_tf.losses import mean_logits
 from tic_tf.models import run_on_frames, timesteps_of
@@ -13,8 +14,8 @@ def window_accuracies(model, images, labels, window, noise, seed, batch_size):
     timesteps = timesteps_of(model)
     check_window(1, window, timesteps)
     starts = list(range(1, timesteps - window + 2))
-    predict = tf.function(lambda frames: tf.argmax(mean_logits(run_on_frames(model, frames)),
-                                                   axis=-1, output_type=tf.int32))
+    predict = function(lambda frames: tf.argmax(mean_logits(run_on_frames(model, frames)),
+                                                axis=-1, output_type=tf.int32))
     correct = np.zeros(len(starts))
     for index, begin in enumerate(range(0, len(images), batch_size)):
         clean = tf.constant(images[begin:begin + batch_size])
