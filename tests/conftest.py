@@ -35,6 +35,20 @@ def assert_fails_cleanly(result, message, *absent_paths, status=2):
         assert not os.path.exists(path), path
 
 
+def assert_refused(config_class, function, args, message, *absent_paths):
+    """A command line `args` parsed as its command parses it (`cli.parse`) and run by the
+    library `function` in this process: refused with one UserError holding `message`, and none
+    of `absent_paths` written. (Each command's CLI tests show how it prints such an error.)"""
+    from tic_tf import cli
+    from tic_tf.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        function(cli.parse(config_class, args))
+    assert message in str(error.value), str(error.value)
+    for path in absent_paths:
+        assert not os.path.exists(path), path
+
+
 def write_npz(path, train=64, test=32, shape=(32, 32, 3), classes=10, seed=0, **overrides):
     """A small random image dataset in the .npz layout the tools accept."""
     rng = np.random.default_rng(seed)

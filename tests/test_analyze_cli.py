@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from conftest import assert_fails_cleanly, run_tool, write_npz
+from conftest import assert_fails_cleanly, assert_refused, run_tool, write_npz
 from tic_tf import checkpoints
+from tic_tf.analysis import AnalysisConfig, analyze
 from tic_tf.data import get_spec, load_arrays, to_unit_range
 from tic_tf.fisher import information_centroid, temporal_fisher
 from tic_tf.windows import window_accuracies
@@ -67,11 +68,19 @@ def test_fisher_with_batch_statistics_is_the_library_measurement(trained_run, tm
     (["--dataset=cifar100"], "pass the --dataset the model was trained on"),
     (["--checkpoints=/nonexistent"], "does not exist"),
 ])
-def test_bad_analysis_input_fails_cleanly(trained_run, tmp_path, args, message):
+def test_bad_analysis_input_is_refused_before_any_output(trained_run, tmp_path, args, message):
     npz, run_dir, _ = trained_run
     if any(a.startswith("--dataset=cifar100") for a in args):
         npz = write_npz(tmp_path / "c100.npz", classes=100)
     out = tmp_path / "analysis"
+    assert_refused(AnalysisConfig, analyze, [f"--checkpoints={run_dir}", f"--output_dir={out}",
+                                             f"--data_file={npz}", "--dataset=cifar10", *args],
+                   message, out)
+
+
+def test_the_command_prints_bad_input_as_one_line(trained_run, tmp_path):
+    npz, run_dir, _ = trained_run
+    out = tmp_path / "analysis"
     result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", "--dataset=cifar10", *args)
-    assert_fails_cleanly(result, message, out)
+                      f"--data_file={npz}", "--dataset=cifar10", "--num_samples=1000")
+    assert_fails_cleanly(result, "error: num_samples=1000 exceeds the 64 samples", out)

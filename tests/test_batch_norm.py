@@ -274,11 +274,6 @@ def test_time_specific_models_checkpoint_and_export_at_another_timestep_count(mo
     """Checkpoint -> `python -m tic_tf.export --timesteps=3` of a model built for T=2: the
     SavedModel equals the Keras model at T=3, whose first two timesteps are those of the T=2
     model (the network is causal) and whose third reuses timestep 2's statistics."""
-    import tensorflow as tf
-
-    from conftest import run_tool
-    from tic_tf import checkpoints
-
     config = dict(arch="alexnet", num_classes=10, timesteps=2, input_shape=[8, 8, 1],
                   width=1 / 16, batch_norm=mode)
     model = build_model(**config)

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (REPO, assert_fails_cleanly, prune_args, run_tool, train_args,
-                      write_npz)
+from conftest import (REPO, assert_fails_cleanly, assert_refused, prune_args, run_tool,
+                      train_args, write_npz)
 from tic_tf import checkpoints
 from tic_tf.fisher import temporal_fisher
+from tic_tf.training import TrainConfig, train
 
 
 def free_ports(count):
@@ -202,11 +203,18 @@ def test_alpha_loss_on_two_replicas_takes_the_global_batch_losses():
     (["--strategy=multi_worker"], '{"cluster": ', "TF_CONFIG is not valid"),
     (["--strategy=multi_worker"], '{"cluster": {"worker": ["localhost:1"]}, '
      '"task": {"type": "worker", "index": 3}}', "task worker:3 is not in its cluster"),
-    (["--strategy=tpu"], None, "--strategy=tpu found no TPU"),
     (["--strategy=gpus"], None, "--strategy"),
 ])
-def test_bad_strategy_settings_fail_cleanly(tiny_npz, tmp_path, extra, tf_config, message):
+def test_bad_strategy_settings_are_refused_before_any_output(tiny_npz, tmp_path, monkeypatch,
+                                                             extra, tf_config, message):
     run_dir = tmp_path / "run"
-    env = {"TF_CONFIG": tf_config} if tf_config else {}
-    result = run_tool("train", *train_args(tiny_npz, run_dir, *extra), env=env)
-    assert_fails_cleanly(result, message, run_dir, status=None)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert_refused(TrainConfig, train, train_args(tiny_npz, run_dir, *extra), message, run_dir)
+
+
+def test_the_command_prints_a_missing_tpu_as_one_line(tiny_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_tool("train", *train_args(tiny_npz, run_dir, "--strategy=tpu"))
+    assert_fails_cleanly(result, "error: --strategy=tpu found no TPU", run_dir)

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import assert_refused, run_tool
 from tic_tf import early_exit, robustness
 from tic_tf.errors import UserError
+from tic_tf.robustness import EvaluationConfig, evaluate
 
 
 def softmax(values):
@@ -127,14 +128,12 @@ def test_evaluate_reports_timestep_accuracy_and_early_exit_of_the_model(trained_
 
 def test_evaluate_refuses_a_threshold_outside_the_policy_before_any_work(trained_run,
                                                                          tmp_path):
-    from conftest import assert_fails_cleanly
-
     npz, run_dir, _ = trained_run
     out = tmp_path / "report"
-    result = run_tool("evaluate", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", "--dataset=cifar10", "--evaluations=early_exit",
-                      "--exit_policy=entropy", "--exit_thresholds=0.5,3")
-    assert_fails_cleanly(result, "threshold of 3 is outside the entropy policy's range", out)
+    assert_refused(EvaluationConfig, evaluate, [
+        f"--checkpoints={run_dir}", f"--output_dir={out}", f"--data_file={npz}",
+        "--dataset=cifar10", "--evaluations=early_exit", "--exit_policy=entropy",
+        "--exit_thresholds=0.5,3"], "threshold of 3 is outside the entropy policy's range", out)
 
 
 @pytest.mark.parametrize("paths, labels", [

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from conftest import assert_fails_cleanly, run_tool, train_args
+from conftest import assert_fails_cleanly, assert_refused, run_tool, train_args
+from tic_tf.robustness import EvaluationConfig, evaluate
 
 
 def test_table_one_report(trained_run, tmp_path):
@@ -35,12 +36,21 @@ def test_table_one_report(trained_run, tmp_path):
     (["--checkpoints=/nonexistent"], "does not exist"),
     (["--blur_size=32"], "blur size must lie in [1, 31] for 32x32 images"),
 ])
-def test_bad_evaluation_input_fails_cleanly(trained_run, tmp_path, args, message):
+def test_bad_evaluation_input_is_refused_before_any_output(trained_run, tmp_path, args,
+                                                          message):
+    npz, run_dir, _ = trained_run
+    out = tmp_path / "report"
+    assert_refused(EvaluationConfig, evaluate, [f"--checkpoints={run_dir}",
+                                                f"--output_dir={out}", f"--data_file={npz}",
+                                                "--dataset=cifar10", *args], message, out)
+
+
+def test_the_command_prints_bad_input_as_one_line(trained_run, tmp_path):
     npz, run_dir, _ = trained_run
     out = tmp_path / "report"
     result = run_tool("evaluate", f"--checkpoints={run_dir}", f"--output_dir={out}",
-                      f"--data_file={npz}", "--dataset=cifar10", *args)
-    assert_fails_cleanly(result, message, out)
+                      f"--data_file={npz}", "--dataset=cifar10", "--blur_size=32")
+    assert_fails_cleanly(result, "error: blur size must lie in [1, 31]", out)
 
 
 def test_alpha_loss_training_logs_every_timestep_loss(tmp_path, trained_run):

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_fails_cleanly, prune_args, run_tool
+from conftest import assert_fails_cleanly, assert_refused, prune_args, run_tool
 from tic_tf import checkpoints
-from tic_tf.iterative_pruning import auto_timesteps
+from tic_tf.iterative_pruning import PruneConfig, auto_timesteps, prune
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,13 @@ def test_rerun_resumes_after_the_last_complete_round(pruned, tmp_path):
     (["--retrain_timesteps=0"], "T_retrain=0 must lie in [1, 2]"),
     (["--retrain_timesteps=two"], "--retrain_timesteps takes integers or 'auto'"),
 ])
-def test_bad_pruning_input_fails_cleanly(trained_run, tmp_path, extra, message):
+def test_bad_pruning_input_is_refused_before_any_output(trained_run, tmp_path, extra, message):
     npz, run_dir, _ = trained_run
     out = tmp_path / "out"
-    result = run_tool("prune", *prune_args(npz, run_dir, out, *extra))
-    assert_fails_cleanly(result, message, out)
+    assert_refused(PruneConfig, prune, prune_args(npz, run_dir, out, *extra), message, out)
 
 
-def test_missing_checkpoint_fails_cleanly(trained_run, tmp_path):
+def test_the_command_prints_a_missing_checkpoint_as_one_line(trained_run, tmp_path):
     npz, _, _ = trained_run
     out = tmp_path / "out"
     result = run_tool("prune", *prune_args(npz, tmp_path / "nothing", out))

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, assert_fails_cleanly, run_tool, train_args, write_npz
+from conftest import REPO, assert_fails_cleanly, assert_refused, run_tool, train_args, write_npz
 from tic_tf import checkpoints
+from tic_tf.training import TrainConfig, train
 
 
 def assert_same_final_weights(run_dir, other_dir):
@@ -273,6 +274,14 @@ def test_export_refuses_checkpoint_of_another_architecture(trained_run, tmp_path
     assert_fails_cleanly(result, "Cannot restore checkpoint", tmp_path / "out")
 
 
+def bad_data_files(tmp_path):
+    """A good tiny .npz and three malformed ones beside it; returns the good one's path."""
+    write_npz(tmp_path / "keys.npz", x_test=None)
+    write_npz(tmp_path / "labels.npz", y_train=np.arange(64))
+    write_npz(tmp_path / "shape.npz", x_train=np.zeros((64, 32, 32), np.uint8))
+    return write_npz(tmp_path / "good.npz")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dataset=mnist"], "dataset"),
     (["--arch=resnet50"], "arch"),
@@ -288,15 +297,23 @@ def test_export_refuses_checkpoint_of_another_architecture(trained_run, tmp_path
     (["--batch_norm=tdbn"], "--batch_norm"),
     (["--train_examples=65"], "Asked for 65 train examples, but the data set has 64"),
 ])
-def test_bad_training_input_fails_cleanly(tmp_path, extra, message):
-    write_npz(tmp_path / "keys.npz", x_test=None)
-    write_npz(tmp_path / "labels.npz", y_train=np.arange(64))
-    write_npz(tmp_path / "shape.npz", x_train=np.zeros((64, 32, 32), np.uint8))
-    npz = write_npz(tmp_path / "good.npz")
+def test_bad_training_input_is_refused_before_any_output(tmp_path, extra, message):
+    npz = bad_data_files(tmp_path)
     run_dir = tmp_path / "run"
-    args = train_args(npz, run_dir) + [a.format(tmp=tmp_path) for a in extra]
-    result = run_tool("train", *args)
-    assert_fails_cleanly(result, message, run_dir, status=None)  # absl flag errors exit 1
+    assert_refused(TrainConfig, train, train_args(npz, run_dir)
+                   + [a.format(tmp=tmp_path) for a in extra], message, run_dir)
+
+
+@pytest.mark.parametrize("extra, message, status", [
+    (["--arch=resnet50"], "arch", 1),  # absl's own check of a flag's choices
+    (["--data_file={tmp}/keys.npz"], "keys.npz lacks the arrays", 2),  # the library's UserError
+])
+def test_the_command_prints_bad_input_as_one_line(tmp_path, extra, message, status):
+    npz = bad_data_files(tmp_path)
+    run_dir = tmp_path / "run"
+    result = run_tool("train", *train_args(npz, run_dir),
+                      *[a.format(tmp=tmp_path) for a in extra])
+    assert_fails_cleanly(result, message, run_dir, status=status)
 
 
 def test_main_job_on_embedded_digits_end_to_end(tmp_path):

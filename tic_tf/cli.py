@@ -63,7 +63,20 @@ def _leaf_fields(config_class):
             yield field
 
 
-def define_flags(config_class, module_name=None):
+def parse(config_class, args):
+    """`config_class` from command-line `args` (["--name=value", "--flagfile=...", ...]), as
+    its command would parse them, without touching the process's flags: a run's exact
+    configuration in Python. Bad values raise UserError."""
+    flag_values = flags.FlagValues()
+    define_flags(config_class, flag_values=flag_values)
+    try:
+        flag_values(["parse", *args])
+    except flags.Error as error:
+        raise UserError(str(error)) from None
+    return from_flags(config_class, flag_values)
+
+
+def define_flags(config_class, module_name=None, flag_values=FLAGS):
     """One absl flag per field of `config_class` (and of the configs nested in it), listed by
     `--help` as flags of `module_name` (default: the program being run)."""
     module_name = module_name or sys.argv[0]
@@ -74,19 +87,20 @@ def define_flags(config_class, module_name=None):
         default = list(field.default) if meta["kind"] is list else field.default
         if meta["choices"] is not None and meta["kind"] is str:
             flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"],
-                              module_name=module_name)
+                              module_name=module_name, flag_values=flag_values)
         else:
-            definers[meta["kind"]](field.name, default, meta["help"], module_name=module_name)
+            definers[meta["kind"]](field.name, default, meta["help"], module_name=module_name,
+                                   flag_values=flag_values)
 
 
-def from_flags(config_class):
+def from_flags(config_class, flag_values=FLAGS):
     """`config_class` built from the parsed flags (after `define_flags(config_class)`)."""
     values = {}
     for field in dataclasses.fields(config_class):
         if dataclasses.is_dataclass(field.type):
-            values[field.name] = from_flags(field.type)
+            values[field.name] = from_flags(field.type, flag_values)
             continue
-        value = FLAGS[field.name].value
+        value = flag_values[field.name].value
         parse = field.metadata["parse"]
         if parse is not None:
             value = parse(value)
