@@ -1,3 +1,5 @@
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -85,13 +87,22 @@ def prune_args(npz, run_dir, out, *extra):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """(npz, run directory, CompletedProcess) of one tiny training run, shared by tests."""
-    root = tmp_path_factory.mktemp("train")
-    npz = write_npz(root / "data.npz")
-    run_dir = root / "run"
-    result = run_tool("train", *train_args(npz, run_dir))
-    assert result.returncode == 0, result.stderr
-    return npz, run_dir, result
+    """(npz, run directory, CompletedProcess) of one tiny training run, shared by tests and by
+    the suite's worker processes (the first to ask trains it, under a lock, the others wait
+    for it: they only read or copy it)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained_run"
+    root.mkdir(exist_ok=True)
+    npz, run_dir, record = root / "data.npz", root / "run", root / "result.json"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            write_npz(npz)
+            result = run_tool("train", *train_args(npz, run_dir))
+            assert result.returncode == 0, result.stderr
+            record.write_text(json.dumps([result.args, result.stdout, result.stderr]))
+    args, stdout, stderr = json.loads(record.read_text())
+    return str(npz), run_dir, subprocess.CompletedProcess(args, 0, stdout, stderr)
 
 
 def brightness_task(seed, count=32, shape=(28, 28, 1)):
