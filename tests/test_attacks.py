@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import solved_model
+from tic_tf import surrogates
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.errors import UserError
 from tic_tf.losses import mean_logits
@@ -70,19 +71,23 @@ def test_an_attack_through_another_surrogate_steps_along_that_surrogates_gradien
     model, images, labels = trained
     x = tf.constant(images)
     signs = {}
-    for sharpness in (None, 1.0):
-        network = model if sharpness is None else with_surrogate(model, sharpness)
+    for surrogate in (None, 1.0, ("sigmoid", None), ("triangle", 0.5)):
+        name, sharpness = surrogate if isinstance(surrogate, tuple) else ("arctan", surrogate)
+        network = model if surrogate is None else with_surrogate(
+            model, surrogates.DEFAULTS[name] if sharpness is None else sharpness, name)
         with tf.GradientTape() as tape:
             tape.watch(x)
             logits = tf.reduce_mean(network(x, training=False), axis=1)
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         gradient = tape.gradient(loss, x).numpy()
         expected = np.clip(images + EPS * np.sign(gradient), 0, 1)
-        got = fgsm(model, images, labels, EPS, surrogate=sharpness).numpy()
+        got = fgsm(model, images, labels, EPS, surrogate=surrogate).numpy()
         clear = np.abs(gradient) > 1e-6 * np.abs(gradient).max()  # a sign rounding cannot flip
+        assert clear.mean() > 0.5
         np.testing.assert_allclose(got[clear], expected[clear], atol=1e-6)
-        signs[sharpness] = np.sign(gradient)
-    assert np.mean(signs[None] != signs[1.0]) > 0.05  # the two surrogates point differently
+        signs[surrogate] = np.sign(gradient)
+    for other in list(signs)[1:]:  # each surrogate points differently from the trained one
+        assert np.mean(signs[None] != signs[other]) > 0.05, other
 
 
 @pytest.mark.parametrize("kwargs, message", [

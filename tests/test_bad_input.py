@@ -3,6 +3,7 @@ made (before data, models or files), by a UserError naming the flag. The command
 message as their one `error:` line with exit status 2 (each command's CLI tests show it)."""
 import pytest
 
+from tic_tf import cli
 from tic_tf.analysis import AnalysisConfig
 from tic_tf.benchmarking import BenchmarkConfig
 from tic_tf.errors import UserError
@@ -34,6 +35,10 @@ CASES = [
     (TrainConfig, "fisher_every", -1, "--fisher_every must be >= 0"),
     (TrainConfig, "train_examples", -5, "--train_examples must be >= 0"),
     (TrainConfig, "surrogate_sharpness", 0.0, "--surrogate_sharpness must be positive"),
+    (TrainConfig, "surrogate", "erf", "--surrogate takes arctan, sigmoid, fast_sigmoid, "
+     "triangle, rectangle; got erf."),
+    (TrainConfig, "neuron", "izhikevich", "--neuron takes lif, if; got izhikevich."),
+    (TrainConfig, "reset", "partial", "--reset takes hard, soft; got partial."),
     (TrainConfig, "arch", "resnet50", "--arch takes alexnet, resnet19, resnet34, vgg16; got resnet50."),
     (TrainConfig, "batch_norm", "layer", "--batch_norm takes"),
     (TrainConfig, "mixed_precision", "fp8", "--mixed_precision takes"),
@@ -75,3 +80,14 @@ def test_an_out_of_range_number_or_unknown_name_is_refused_naming_its_flag(confi
     with pytest.raises(UserError) as error:
         config(**REQUIRED.get(config, {}), **{name: value})
     assert message in str(error.value)
+
+
+def test_attack_surrogates_are_sharpnesses_names_or_both_and_nothing_else():
+    required = ["--checkpoints=run", "--output_dir=out"]
+    config = cli.parse(EvaluationConfig,
+                       [*required, "--attack_surrogates=1.5,sigmoid,triangle:0.5"])
+    assert config.attack_surrogates == ((None, 1.5), ("sigmoid", None), ("triangle", 0.5))
+    for value in ("erf", "sigmoid:-2", "0", "sigmoid:x"):
+        with pytest.raises(UserError, match=f"--attack_surrogates: '{value}' names no "
+                                            "surrogate: give a positive sharpness"):
+            cli.parse(EvaluationConfig, [*required, f"--attack_surrogates={value}"])

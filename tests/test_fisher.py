@@ -19,10 +19,12 @@ pytestmark = pytest.mark.numerical
 STEPS = 3
 
 
-def active_model(arch="resnet19", shape=(28, 28, 1), seed=0, batch_norm="per_timestep"):
-    """A tiny model whose layers fire, with non-trivial batch-norm statistics."""
+def active_model(arch="resnet19", shape=(28, 28, 1), seed=0, batch_norm="per_timestep",
+                 **neuron):
+    """A tiny model whose layers fire, with non-trivial batch-norm statistics (`neuron`:
+    build_model's neuron arguments)."""
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(arch, 5, STEPS, shape, width=1 / 16, batch_norm=batch_norm)
+    model = build_model(arch, 5, STEPS, shape, width=1 / 16, batch_norm=batch_norm, **neuron)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
@@ -78,22 +80,36 @@ def assert_matches_brute_force(model, images, labels, batch_size):
 def setup():
     model = active_model()
     rng = np.random.default_rng(1)
-    images = rng.random((6, 28, 28, 1), dtype=np.float32)
-    labels = rng.integers(0, 5, 6).astype(np.int32)
+    images = rng.random((8, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 5, 8).astype(np.int32)
     return model, images, labels
 
 
 def test_exact_fisher_matches_per_sample_brute_force(setup):
-    model, images, labels = setup
+    model, images, labels = setup  # in two batches
     result, expected = assert_matches_brute_force(model, images, labels, batch_size=4)
     assert expected.min() > 0
     assert result.centroid == pytest.approx(information_centroid(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("arch, shape, neuron", [
+    ("resnet19", (28, 28, 1), dict(neuron="if", reset="soft", surrogate="sigmoid")),
+    ("alexnet", (32, 32, 3), dict(reset="soft", detach_reset=False, surrogate="fast_sigmoid",
+                                  tau=0.75)),
+])
+def test_exact_fisher_stays_exact_for_other_neurons_resets_and_surrogates(arch, shape, neuron):
+    model = active_model(arch, shape, seed=6, **neuron)
+    rng = np.random.default_rng(6)
+    images = rng.random((4, *shape), dtype=np.float32)
+    labels = rng.integers(0, 5, 4).astype(np.int32)
+    _, expected = assert_matches_brute_force(model, images, labels, batch_size=4)
+    assert expected.min() > 0
+
+
 def test_model_label_fisher_matches_brute_force_with_the_same_draws(setup):
     model, images, labels = setup
-    result = temporal_fisher(model, (images, labels), 6, labels="model", batch_size=6, seed=7)
-    noise = gumbel_noise(6, STEPS, 5, tf.constant([7, 0], tf.int64))
+    result = temporal_fisher(model, (images, labels), 8, labels="model", batch_size=8, seed=7)
+    noise = gumbel_noise(8, STEPS, 5, tf.constant([7, 0], tf.int64))
     drawn = sample_model_labels(model(images, training=False), noise).numpy()
     assert len(np.unique(drawn)) > 1
     expected, _ = brute_force(model, images, drawn)
@@ -221,9 +237,9 @@ def reference_batch_mean(model, images, labels, batch_size, training):
 
 def test_batch_mean_approximation_is_the_reference_formula(setup):
     model, images, labels = setup
-    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3)
+    result = temporal_fisher(model, (images, labels), 8, method="batch_mean", batch_size=4)
     np.testing.assert_allclose(result.values,
-                               reference_batch_mean(model, images, labels, 3, training=False),
+                               reference_batch_mean(model, images, labels, 4, training=False),
                                rtol=1e-4)
 
 
@@ -291,14 +307,14 @@ def test_exact_fisher_with_per_timestep_scale_and_offset_run_beyond_its_timestep
 def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):
     model, images, labels = setup
     before = [v.numpy() for v in model.variables]
-    result = temporal_fisher(model, (images, labels), 6, method="batch_mean", batch_size=3,
+    result = temporal_fisher(model, (images, labels), 8, method="batch_mean", batch_size=4,
                              bn_statistics="batch")
     for variable, value in zip(model.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
     trained = keras.Model.from_config(model.get_config())  # training mode updates its copy
     trained.set_weights(model.get_weights())
     np.testing.assert_allclose(result.values,
-                               reference_batch_mean(trained, images, labels, 3, training=True),
+                               reference_batch_mean(trained, images, labels, 4, training=True),
                                rtol=1e-4)
 
 
@@ -316,8 +332,8 @@ def test_bad_input_is_refused(setup):
     model, images, labels = setup
     with pytest.raises(UserError, match="at least 2 timesteps"):
         temporal_fisher(with_timesteps(model, 1), (images, labels), 2)
-    with pytest.raises(UserError, match="exceeds the 6 samples"):
-        temporal_fisher(model, (images, labels), 7)
+    with pytest.raises(UserError, match="exceeds the 8 samples"):
+        temporal_fisher(model, (images, labels), 9)
     with pytest.raises(UserError, match="no samples"):
         temporal_fisher(model, (images[:0], labels[:0]), 1)
     with pytest.raises(UserError, match="empty dataset"):

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tic_tf import checkpoints, cli
 from tic_tf.losses import MeanLogitCrossEntropy, accuracy_metric
 from tic_tf.models import (FoldedBatchNorm, TemporalBatchNorm, build_model, fold_batch_norm,
                            lif_layers, set_precision, timesteps_of, with_timesteps)
 from tic_tf.models.stepwise import run_timesteps
+from tic_tf.training import TrainConfig, model_config, run_settings
 
 
 def trainable_count(model):
@@ -141,6 +143,22 @@ def test_keras_save_load_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
     assert lif_layers(loaded)[0].cell.tau == 0.75
+
+
+def test_neuron_options_go_from_the_command_line_into_the_checkpoint(tmp_path):
+    config = cli.parse(TrainConfig, ["--arch=alexnet", "--width=0.0625", "--timesteps=2",
+                                     "--neuron=if", "--reset=soft", "--surrogate=triangle"])
+    arguments = model_config(config, config.data.spec)
+    model = build_model(**arguments)
+    path = str(tmp_path / "epoch-0001")
+    checkpoints.write(path, model, arguments)
+    loaded, _ = checkpoints.load_model(path)
+    assert {(cell.neuron, cell.reset, cell.surrogate, cell.surrogate_sharpness)
+            for cell in (layer.cell for layer in lif_layers(loaded))} == {
+        ("if", "soft", "triangle", 1.0)}  # the triangle's default sharpness
+    assert run_settings(config)["surrogate_sharpness"] == 1.0
+    images = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
 
 
 @pytest.mark.parametrize("kwargs, message", [

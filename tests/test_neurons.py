@@ -1,4 +1,5 @@
 import math
+import re
 
 import keras
 import numpy as np
@@ -7,22 +8,36 @@ import tensorflow as tf
 
 from tic_tf.losses import MeanLogitCrossEntropy
 from tic_tf.models import build_model, lif_layers, with_surrogate
+from tic_tf import surrogates
 from tic_tf.neurons import LIF, LIFCell, spike
 
 # Values that depend on the kernel library: the suite runs these with oneDNN on and off.
 pytestmark = pytest.mark.numerical
 
 
-def hand_lif(currents, tau, threshold=1.0):
-    """Eq. 1 of the paper, one neuron, written out step by step."""
+def hand_lif(currents, tau, threshold=1.0, neuron="lif", reset="hard"):
+    """Eq. 1 of the paper (or, for "if", U[t] = U[t-1] + I[t]), one neuron, written out step
+    by step; after a spike the membrane is set to 0 ("hard") or lowered by the threshold."""
+    decay, gain = (1 - 1 / tau, 1 / tau) if neuron == "lif" else (1.0, 1.0)
     membrane, spikes, potentials = 0.0, [], []
     for current in currents:
-        membrane = (1 - 1 / tau) * membrane + current / tau
+        membrane = decay * membrane + gain * current
         potentials.append(membrane)
         fired = 1.0 if membrane >= threshold else 0.0
         spikes.append(fired)
-        membrane = 0.0 if fired else membrane
+        if fired:
+            membrane = membrane - threshold if reset == "soft" else 0.0
     return spikes, potentials
+
+
+# The surrogates' derivatives as their papers write them, a the sharpness.
+SURROGATE_FORMULAS = {
+    "arctan": lambda x, a: (a / math.pi) / (1.0 + (a * x) ** 2),
+    "sigmoid": lambda x, a: a / 4.0 * (1.0 - np.tanh(a * x / 2.0) ** 2),  # a s (1 - s)
+    "fast_sigmoid": lambda x, a: a / (2.0 * (1.0 + a * np.abs(x)) ** 2),
+    "triangle": lambda x, a: a * np.maximum(0.0, 1.0 - a * np.abs(x)),
+    "rectangle": lambda x, a: a * (np.abs(x) < 1.0 / (2.0 * a)),
+}
 
 
 @pytest.mark.parametrize("tau", [2.0, 0.75, 4.0])
@@ -58,24 +73,23 @@ def test_surrogate_gradient_follows_arctan_formula():
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), expected, rtol=1e-6)
 
 
-def hand_gradient(currents, detach, tau=2.0, threshold=1.0, sharpness=math.pi):
+def hand_gradient(currents, detach, tau=2.0, threshold=1.0, sharpness=math.pi, neuron="lif",
+                  reset="hard", surrogate="arctan"):
     """d(sum of spikes)/d(currents) of one neuron by reverse mode written out by hand: spikes
-    H(m - threshold) with arctan surrogate derivative, reset m (1 - s) (s a constant when
-    detached)."""
-    surrogate = lambda x: (sharpness / math.pi) / (1.0 + (sharpness * x) ** 2)  # noqa: E731
-    decay, membranes, spikes, kept = 1 - 1 / tau, [], [], 0.0
-    for current in currents:
-        membrane = decay * kept + current / tau
-        fired = float(membrane >= threshold)
-        membranes.append(membrane)
-        spikes.append(fired)
-        kept = membrane * (1 - fired)
+    H(m - threshold) with the surrogate's derivative, reset m (1 - s) or m - threshold s (s a
+    constant when detached)."""
+    slope_at = lambda x: SURROGATE_FORMULAS[surrogate](x, sharpness)  # noqa: E731
+    decay, gain = (1 - 1 / tau, 1 / tau) if neuron == "lif" else (1.0, 1.0)
+    spikes, membranes = hand_lif(currents, tau, threshold, neuron, reset)
     grads, upstream_kept = [], 0.0  # d total / d (membrane kept after step t)
     for membrane, fired in zip(reversed(membranes), reversed(spikes)):
-        slope = surrogate(membrane - threshold)
-        d_kept_d_membrane = (1 - fired) - (0.0 if detach else membrane * slope)
+        slope = slope_at(membrane - threshold)
+        if reset == "soft":
+            d_kept_d_membrane = 1 - (0.0 if detach else threshold * slope)
+        else:
+            d_kept_d_membrane = (1 - fired) - (0.0 if detach else membrane * slope)
         d_membrane = slope + upstream_kept * d_kept_d_membrane
-        grads.append(d_membrane / tau)
+        grads.append(d_membrane * gain)
         upstream_kept = d_membrane * decay
     return grads[::-1]
 
@@ -93,17 +107,78 @@ def test_reset_gradient_matches_a_hand_derivation(detach):
                                hand_gradient(currents, detach), rtol=1e-5)
 
 
-def test_bad_tau_is_refused_with_reason():
-    with pytest.raises(ValueError, match="tau must be > 0.5"):
-        LIFCell(tau=0.5)
+@pytest.mark.parametrize("neuron, reset, tau", [("lif", "soft", 2.0), ("lif", "soft", 0.75),
+                                                ("if", "hard", 2.0), ("if", "soft", 2.0)])
+def test_if_and_soft_reset_match_a_hand_computation(neuron, reset, tau):
+    currents = [0.8, 1.5, 2.5, -0.4, 3.0, 0.9, 1.1, 2.0]
+    expected, _ = hand_lif(currents, tau, 1.0, neuron, reset)
+    got = LIF(tau=tau, neuron=neuron, reset=reset)(tf.constant([currents])[..., None])
+    np.testing.assert_array_equal(got.numpy()[0, :, 0], expected)
+    assert 2 <= sum(expected) < len(currents)  # the sequence exercises firing and silence
+    cell = LIFCell(1, tau=tau, neuron=neuron, reset=reset)
+    via_rnn = keras.layers.RNN(cell, return_sequences=True)(tf.constant([currents])[..., None])
+    np.testing.assert_array_equal(via_rnn.numpy()[0, :, 0], expected)
+
+
+@pytest.mark.parametrize("neuron, reset, surrogate, sharpness, detach", [
+    ("lif", "soft", "sigmoid", 4.0, True), ("lif", "soft", "fast_sigmoid", 2.0, False),
+    ("if", "hard", "triangle", 0.8, False), ("if", "soft", "rectangle", 0.3, True),
+    ("lif", "hard", "triangle", 1.0, True)])
+def test_each_neuron_reset_and_surrogate_has_the_hand_derived_gradient(neuron, reset, surrogate,
+                                                                       sharpness, detach):
+    currents = [2.2, 1.0, 0.7, 2.4, 0.3, 1.2]
+    inputs = tf.constant([currents])[..., None]
+    layer = LIF(tau=1.5, detach_reset=detach, neuron=neuron, reset=reset, surrogate=surrogate,
+                surrogate_sharpness=sharpness)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        total = tf.reduce_sum(layer(inputs))
+    expected = hand_gradient(currents, detach, 1.5, 1.0, sharpness, neuron, reset, surrogate)
+    assert np.count_nonzero(expected) >= 3  # the surrogates' supports reach the membranes
+    np.testing.assert_allclose(tape.gradient(total, inputs).numpy()[0, :, 0], expected,
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("surrogate", sorted(SURROGATE_FORMULAS))
+def test_each_surrogate_gradient_is_its_formula_and_integrates_to_the_steps_jump(surrogate):
+    x = np.linspace(-3.0, 3.0, 601, dtype=np.float32)
+    for sharpness in (None, 0.7, 5.0):
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = spike(inputs, sharpness, surrogate)
+        a = surrogates.DEFAULTS[surrogate] if sharpness is None else sharpness
+        np.testing.assert_array_equal(y.numpy(), (x >= 0).astype(np.float32))
+        np.testing.assert_allclose(tape.gradient(y, inputs).numpy(),
+                                   SURROGATE_FORMULAS[surrogate](x, a), rtol=1e-5, atol=1e-6)
+    wide = np.linspace(-2000.0, 2000.0, 4_000_001)
+    for a in (0.7, 5.0):
+        assert np.trapezoid(SURROGATE_FORMULAS[surrogate](wide, a), wide) == pytest.approx(
+            1.0, abs=2e-3)
+    assert SURROGATE_FORMULAS[surrogate](0.0, surrogates.DEFAULTS[surrogate]) == 1.0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(tau=0.5), "tau must be > 0.5"),
+    (dict(neuron="izhikevich"), "Unknown neuron 'izhikevich'; choose one of lif, if"),
+    (dict(reset="partial"), "Unknown reset 'partial'; choose one of hard, soft"),
+    (dict(surrogate="erf"), "Unknown surrogate 'erf'; choose one of arctan, sigmoid"),
+    (dict(surrogate="triangle", surrogate_sharpness=0.0), "sharpness must be positive"),
+])
+def test_bad_neuron_arguments_are_refused_with_reason(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LIFCell(**arguments)
 
 
 def test_lif_config_round_trip():
     layer = LIF(tau=0.75, threshold=0.5, detach_reset=False, surrogate_sharpness=2.0,
-                recompute=True, name="n")
+                recompute=True, neuron="if", reset="soft", surrogate="triangle", name="n")
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert (clone.cell.tau, clone.cell.threshold, clone.cell.detach_reset,
-            clone.cell.surrogate_sharpness, clone.recompute) == (0.75, 0.5, False, 2.0, True)
+    cell = clone.cell
+    assert (cell.tau, cell.threshold, cell.detach_reset, cell.surrogate_sharpness,
+            clone.recompute, cell.neuron, cell.reset, cell.surrogate) == (
+        0.75, 0.5, False, 2.0, True, "if", "soft", "triangle")
+    assert LIF(surrogate="sigmoid").cell.surrogate_sharpness == 4.0  # the surrogate's default
 
 
 def test_surrogate_sharpness_changes_only_the_backward_pass():

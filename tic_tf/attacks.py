@@ -4,14 +4,17 @@ Gradients flow through every timestep via the surrogate, with batch-norm in infe
 normalisation inside the model. Beyond the paper:
 - `window=(start, width)` perturbs the input only during timesteps [start, start+width-1]
   (1-based); the other timesteps see the clean image.
-- `surrogate=a` takes the attack's gradient through the arctan surrogate of sharpness a
-  instead of the trained one (pi), to tell real robustness from vanishing surrogate
-  gradients (gradient obfuscation): the attack runs on a copy of the model with that
-  surrogate (`with_surrogate`), whose weights are refreshed from the model at every call.
+- `surrogate=a` takes the attack's gradient through the model's surrogate at sharpness a
+  instead of the trained one, `surrogate=(name, a)` through another surrogate
+  (`tic_tf.surrogates`; a None: its default), to tell real robustness from vanishing
+  surrogate gradients (gradient obfuscation): the attack runs on a copy of the model with
+  that surrogate (`with_surrogate`), whose weights are refreshed from the model at every
+  call.
 """
 import numpy as np
 import tensorflow as tf
 
+from tic_tf import surrogates
 from tic_tf.compiled import cached, function
 from tic_tf.corruptions import check_window, windowed_frames
 from tic_tf.errors import UserError
@@ -67,12 +70,17 @@ def _validate(model, eps, step_size, iterations, window):
 
 
 def attack_model(model, surrogate):
-    """`model` itself, or its copy back-propagating through surrogate sharpness `surrogate`
-    with the model's current weights."""
-    if surrogate is None or float(surrogate) == surrogate_of(model):
+    """`model` itself, or its copy back-propagating through `surrogate` (a sharpness of the
+    model's own, or (name, sharpness)) with the model's current weights."""
+    if surrogate is None:
         return model
-    copy = cached(model, ("surrogate", float(surrogate)),
-                  lambda: with_surrogate(model, surrogate))
+    name, sharpness = surrogate if isinstance(surrogate, tuple) else (None, surrogate)
+    name = name or surrogate_of(model)[0]
+    sharpness = surrogates.DEFAULTS[name] if sharpness is None else float(sharpness)
+    if (name, sharpness) == surrogate_of(model):
+        return model
+    copy = cached(model, ("surrogate", name, sharpness),
+                  lambda: with_surrogate(model, sharpness, name))
     copy.set_weights(model.get_weights())
     return copy
 
@@ -84,10 +92,10 @@ def pgd(model, images, labels, eps=8 / 255, step_size=4 / 255, iterations=10,
     seed: the random start's, an integer or a pair (seed, stream): callers attacking batch
     after batch pass (seed, batch index), so that no two batches start alike.
     window: optional (start, width), 1-based, restricting the perturbation to those timesteps
-    (evaluate with `attacked_logits(..., window)`). surrogate: attack-time surrogate sharpness
-    (default: the model's own). jit_compile: XLA; on CPU TensorFlow's own kernels measured
-    faster (PGD-10 at T=4: 1.5-1.6 against 1.9-2.1 s per batch of 32 in float32, 1.1-1.2
-    against 2.1-2.3 s in bfloat16).
+    (evaluate with `attacked_logits(..., window)`). surrogate: the attack-time surrogate, a
+    sharpness or (name, sharpness) (default: the model's own). jit_compile: XLA; on CPU
+    TensorFlow's own kernels measured faster (PGD-10 at T=4: 1.5-1.6 against 1.9-2.1 s per
+    batch of 32 in float32, 1.1-1.2 against 2.1-2.3 s in bfloat16).
     """
     _validate(model, eps, step_size, iterations, window)
     window = None if window is None else (int(window[0]), int(window[1]))

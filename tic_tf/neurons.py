@@ -1,59 +1,80 @@
-"""Leaky integrate-and-fire neurons with an arctan surrogate gradient (Eq. 1 of the paper; docs/method.md)."""
+"""Spiking neurons: leaky (Eq. 1 of the paper; docs/method.md) or non-leaky integrate-and-fire,
+hard or soft reset, and a choice of surrogate gradients (`tic_tf.surrogates`)."""
+import collections
 import math
 
 import keras
 import tensorflow as tf
 
+from tic_tf import surrogates
 from tic_tf.compiled import function
 
-# Sharpness a of the surrogate arctan(a*x)/pi + 1/2; the paper's a = pi gives 1/(1+(pi*x)^2).
-DEFAULT_SHARPNESS = math.pi
+NEURONS = ("lif", "if")
+RESETS = ("hard", "soft")
+# Sharpness a of the paper's surrogate arctan(a*x)/pi + 1/2; a = pi gives 1/(1+(pi*x)^2).
+DEFAULT_SHARPNESS = surrogates.DEFAULTS["arctan"]
 
 
-def spike(x, sharpness=DEFAULT_SHARPNESS):
-    """Heaviside step forward; derivative of arctan(a*x)/pi + 1/2 backward, a = `sharpness`.
+def spike(x, sharpness=None, surrogate="arctan"):
+    """Heaviside step forward; the derivative of the `surrogate` of `sharpness` (default: its
+    own, `tic_tf.surrogates`) backward. The paper's arctan with a = pi: 1 / (1 + (pi x)^2)."""
+    sharpness = surrogates.DEFAULTS[surrogate] if sharpness is None else sharpness
 
-    The backward pass is (a/pi) / (1 + (a*x)^2): the paper's a = pi gives 1 / (1 + (pi x)^2).
-    """
     @tf.custom_gradient
     def heaviside(x):
         def grad(upstream):
-            return upstream * (sharpness / math.pi) / (1.0 + tf.square(sharpness * x))
+            return upstream * surrogates.derivative(surrogate, sharpness, x)
 
         return tf.cast(x >= 0.0, x.dtype), grad
 
     return heaviside(x)
 
 
-def _check_neuron_args(tau, threshold, surrogate_sharpness=DEFAULT_SHARPNESS):
+def dynamics(neuron, tau):
+    """(decay, input gain) of U[t] = decay U[t-1] + gain I[t]: LIF's (1 - 1/tau, 1/tau), Eq. 1;
+    IF's (1, 1), which neither leaks nor scales its input (tau unused)."""
+    return (1.0 - 1.0 / tau, 1.0 / tau) if neuron == "lif" else (1.0, 1.0)
+
+
+def check_neuron_args(tau, threshold, surrogate_sharpness=DEFAULT_SHARPNESS, neuron="lif",
+                      reset="hard", surrogate="arctan"):
+    if neuron not in NEURONS:
+        raise ValueError(f"Unknown neuron {neuron!r}; choose one of {', '.join(NEURONS)}.")
+    if reset not in RESETS:
+        raise ValueError(f"Unknown reset {reset!r}; choose one of {', '.join(RESETS)}.")
     # tau <= 0.5 makes the decay 1 - 1/tau fall below -1, so the membrane diverges.
     if not tau > 0.5:
         raise ValueError(f"tau must be > 0.5 (decay 1 - 1/tau must stay above -1), got {tau}.")
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}.")
-    if not surrogate_sharpness > 0:
-        raise ValueError(f"surrogate sharpness must be positive, got {surrogate_sharpness}.")
+    surrogates.check_surrogate(surrogate, surrogate_sharpness)
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIFCell(keras.layers.Layer):
-    """One timestep of `units` LIF neurons, a Keras RNN cell: the state is the membrane.
+    """One timestep of `units` spiking neurons, a Keras RNN cell: the state is the membrane.
 
-    U[t] = (1 - 1/tau) U[t-1] + (1/tau) I[t]; O[t] = spike(U[t] - threshold);
-    the membrane is reset to 0 where O[t] = 1 (reset detached from the gradient by default).
-    With `units` given it runs inside `keras.layers.RNN` on `[batch, time, units]`; the math
-    is elementwise, so `LIF` runs it on feature maps of any shape (units: their size).
+    U[t] = decay U[t-1] + gain I[t] (`dynamics`: LIF's Eq. 1, or IF); O[t] = H(U[t] -
+    threshold), differentiated through the `surrogate`; where O[t] = 1 the membrane is reset
+    to 0 ("hard") or lowered by the threshold ("soft"), the reset detached from the gradient
+    by default. With `units` given it runs inside `keras.layers.RNN` on `[batch, time,
+    units]`; the math is elementwise, so `LIF` runs it on feature maps of any shape (units:
+    their size). `surrogate_sharpness` None: the surrogate's own default.
     """
 
     def __init__(self, units=None, tau=2.0, threshold=1.0, detach_reset=True,
-                 surrogate_sharpness=DEFAULT_SHARPNESS, **kwargs):
+                 surrogate_sharpness=None, neuron="lif", reset="hard", surrogate="arctan",
+                 **kwargs):
         super().__init__(**kwargs)
-        _check_neuron_args(tau, threshold, surrogate_sharpness)
+        if surrogate_sharpness is None:
+            surrogate_sharpness = surrogates.DEFAULTS.get(surrogate, 1.0)
+        check_neuron_args(tau, threshold, surrogate_sharpness, neuron, reset, surrogate)
         self.units = None if units is None else int(units)
         self.tau = float(tau)
         self.threshold = float(threshold)
         self.detach_reset = bool(detach_reset)
         self.surrogate_sharpness = float(surrogate_sharpness)
+        self.neuron, self.reset, self.surrogate = neuron, reset, surrogate
 
     @property
     def state_size(self):
@@ -72,56 +93,65 @@ class LIFCell(keras.layers.Layer):
         return [tf.zeros((batch_size, self.units), self.compute_dtype)]
 
     def call(self, inputs, states):
-        decay = 1.0 - 1.0 / self.tau
-        membrane = decay * states[0] + inputs / self.tau
-        spikes = spike(membrane - self.threshold, self.surrogate_sharpness)
+        decay, gain = dynamics(self.neuron, self.tau)
+        membrane = decay * states[0] + gain * inputs
+        spikes = spike(membrane - self.threshold, self.surrogate_sharpness, self.surrogate)
         reset = tf.stop_gradient(spikes) if self.detach_reset else spikes
+        if self.reset == "soft":
+            return spikes, [membrane - self.threshold * reset]
         return spikes, [membrane * (1.0 - reset)]
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "tau": self.tau,
                 "threshold": self.threshold, "detach_reset": self.detach_reset,
-                "surrogate_sharpness": self.surrogate_sharpness}
+                "surrogate_sharpness": self.surrogate_sharpness, "neuron": self.neuron,
+                "reset": self.reset, "surrogate": self.surrogate}
 
 
-def _lif_forward(inputs, membrane, tau, threshold, unit):
+def _lif_forward(inputs, membrane, cell, unit):
     """Spikes (in the inputs' dtype) and float32 membranes (before reset) `[batch, T, ...]` of
-    LIF neurons driven by `inputs` from the kept float32 `membrane` `[batch, ...]`, as LIFCell
-    computes them step by step (hard reset to 0), and the membrane kept after the last step.
-    `unit`: a run-time 1.0 (why: at `_LIF_FORWARD`)."""
-    decay = 1.0 - 1.0 / tau
+    the neurons `cell` describes (its parameters only) driven by `inputs` from the kept
+    float32 `membrane` `[batch, ...]`, as `cell` computes them step by step, and the membrane
+    kept after the last step. `unit`: a run-time 1.0 (why: at `_LIF_FORWARD`)."""
+    decay, gain = dynamics(cell.neuron, cell.tau)
     spikes, membranes = [], []
     for t in range(inputs.shape[1]):
-        membrane = (decay * membrane + tf.cast(inputs[:, t], tf.float32) / tau) / unit
-        fired = membrane >= threshold
+        membrane = (decay * membrane + gain * tf.cast(inputs[:, t], tf.float32)) / unit
+        fired = membrane >= cell.threshold
         spikes.append(tf.cast(fired, inputs.dtype))
         membranes.append(membrane)
-        membrane = tf.where(fired, tf.zeros_like(membrane), membrane)
+        reset = membrane - cell.threshold if cell.reset == "soft" else tf.zeros_like(membrane)
+        membrane = tf.where(fired, reset, membrane)
     return tf.stack(spikes, 1), tf.stack(membranes, 1), membrane
 
 
-def _lif_backward(upstream, carried, membranes, tau, threshold, detach_reset, sharpness, unit):
+def _lif_backward(upstream, carried, membranes, cell, unit):
     """Gradients of the inputs and of the starting membrane from those of the spikes and of
     the membrane kept after the last step (`carried`): reverse mode through time written out,
-    the arctan surrogate standing for the step's derivative (LIFCell's gradient), in float32
+    `cell`'s surrogate standing for the step's derivative (LIFCell's gradient), in float32
     whatever the spikes' dtype (the inputs' gradients are returned in it)."""
-    decay = 1.0 - 1.0 / tau
-    slopes = (sharpness / math.pi) / (1.0 + tf.square(sharpness * (membranes - threshold)))
-    fired = membranes >= threshold
+    decay, gain = dynamics(cell.neuron, cell.tau)
+    slopes = surrogates.derivative(cell.surrogate, cell.surrogate_sharpness,
+                                   membranes - cell.threshold)
+    fired = membranes >= cell.threshold
     gradients = []
     for t in reversed(range(upstream.shape[1])):
-        # kept = membrane * (1 - spike): 0 where the neuron fired; through the spike too
-        # unless the reset is detached. `carried`: the gradient of the membrane kept after t.
-        membrane = (tf.cast(upstream[:, t], tf.float32) * slopes[:, t]
-                    + tf.where(fired[:, t], tf.zeros_like(carried), carried)) / unit
-        if not detach_reset:
-            membrane -= membranes[:, t] * slopes[:, t] * carried
-        gradients.append(tf.cast(membrane / tau, upstream.dtype))
+        # kept = membrane * (1 - spike) (hard) or membrane - threshold * spike (soft), each
+        # through the spike too unless the reset is detached. `carried`: the gradient of the
+        # membrane kept after t.
+        through_kept = (carried if cell.reset == "soft"
+                        else tf.where(fired[:, t], tf.zeros_like(carried), carried))
+        membrane = (tf.cast(upstream[:, t], tf.float32) * slopes[:, t] + through_kept) / unit
+        if not cell.detach_reset:
+            reset_by = cell.threshold if cell.reset == "soft" else membranes[:, t]
+            membrane -= reset_by * slopes[:, t] * carried
+        gradients.append(tf.cast(gain * membrane, upstream.dtype))
         carried = decay * membrane
     return tf.stack(gradients[::-1], 1), carried
 
 
-# Each compiled into one fused loop (about 4x faster than one op per step on CPU here).
+# Each compiled into one fused loop (about 4x faster than one op per step on CPU here), once
+# per cell configuration (`_Dynamics`) and shape.
 # XLA fuses a chain of cheap elementwise steps into every consumer, so each timestep's
 # outputs would recompute (and re-read the inputs of) all earlier steps: O(T^2) work. It does
 # not duplicate a division, so every step divides by a 1.0 that XLA only sees at run time:
@@ -131,27 +161,34 @@ _LIF_FORWARD = function(_lif_forward, jit_compile=True)
 _LIF_BACKWARD = function(_lif_backward, jit_compile=True)
 
 
-def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
-            surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
-    """Spikes `[batch, T, ...]` of LIF neurons (Eq. 1) driven by `inputs` from the kept float32
-    `membrane` `[batch, ...]` (zeros: at rest), and the membrane kept after the last step, so
-    that a run can go on in pieces; forward and backward each one XLA-compiled loop over
-    time. The membranes are float32 whatever the inputs' dtype; the spikes (0 or 1, exact in
-    any float) and the inputs' gradients come in the inputs' dtype. The backward pass keeps
-    the membranes, or with `recompute` only the inputs, recomputing the membranes (less
-    memory, one more forward)."""
+# A cell's parameters as the compiled loops take them: Python values, so that each loop is
+# traced once per configuration.
+_Dynamics = collections.namedtuple("_Dynamics", ["tau", "threshold", "detach_reset",
+                                                 "surrogate_sharpness", "neuron", "reset",
+                                                 "surrogate"])
+
+
+def lif_run(inputs, membrane, cell, recompute=False):
+    """Spikes `[batch, T, ...]` of the neurons `cell` (a LIFCell) describes, driven by `inputs`
+    from the kept float32 `membrane` `[batch, ...]` (zeros: at rest), and the membrane kept
+    after the last step, so that a run can go on in pieces; forward and backward each one
+    XLA-compiled loop over time. The membranes are float32 whatever the inputs' dtype; the
+    spikes (0 or 1, exact in any float) and the inputs' gradients come in the inputs' dtype.
+    The backward pass keeps the membranes, or with `recompute` only the inputs, recomputing
+    the membranes (less memory, one more forward)."""
+    cell = _Dynamics(*(getattr(cell, name) for name in _Dynamics._fields))
+
     @tf.custom_gradient
     def run(inputs, membrane):
         unit = tf.ones([], tf.float32)
-        spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, tau, threshold, unit)
+        spikes, membranes, kept = _LIF_FORWARD(inputs, membrane, cell, unit)
 
         def gradient(upstream, upstream_kept):
             if upstream_kept is None:  # not shaped after `membrane`, which the backward
                 upstream_kept = tf.zeros_like(upstream[:, 0], tf.float32)  # pass would hold
-            through = (_LIF_FORWARD(inputs, membrane, tau, threshold, unit)[1] if recompute
+            through = (_LIF_FORWARD(inputs, membrane, cell, unit)[1] if recompute
                        else membranes)
-            return _LIF_BACKWARD(upstream, upstream_kept, through, tau, threshold,
-                                 detach_reset, surrogate_sharpness, unit)
+            return _LIF_BACKWARD(upstream, upstream_kept, through, cell, unit)
 
         return (spikes, kept), gradient
 
@@ -160,8 +197,9 @@ def lif_run(inputs, membrane, tau=2.0, threshold=1.0, detach_reset=True,
 
 @keras.saving.register_keras_serializable(package="tic_tf")
 class LIF(keras.layers.Layer):
-    """Runs LIF neurons (a LIFCell's parameters) over the time axis of `[batch, time, ...]`
-    inputs; returns spikes, through `lif_run`.
+    """Runs spiking neurons (a LIFCell's parameters: LIF or IF, hard or soft reset, its
+    surrogate) over the time axis of `[batch, time, ...]` inputs; returns spikes, through
+    `lif_run`.
 
     Its membranes and surrogate gradients are float32 even under a mixed-precision policy: a
     bfloat16 membrane (8 bits of mantissa) would blur the threshold crossing and the surrogate
@@ -172,11 +210,11 @@ class LIF(keras.layers.Layer):
     pass per training step, the same values.
     """
 
-    def __init__(self, tau=2.0, threshold=1.0, detach_reset=True,
-                 surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False, **kwargs):
+    def __init__(self, tau=2.0, threshold=1.0, detach_reset=True, surrogate_sharpness=None,
+                 recompute=False, neuron="lif", reset="hard", surrogate="arctan", **kwargs):
         super().__init__(**kwargs)
-        self.cell = LIFCell(None, tau, threshold, detach_reset, surrogate_sharpness,
-                            name="cell", dtype=self.dtype_policy)
+        self.cell = LIFCell(None, tau, threshold, detach_reset, surrogate_sharpness, neuron,
+                            reset, surrogate, name="cell", dtype=self.dtype_policy)
         self.recompute = bool(recompute)
 
     def build(self, input_shape):
@@ -191,9 +229,7 @@ class LIF(keras.layers.Layer):
         """Spikes for `inputs` `[batch, T, ...]` from the kept float32 `membrane`, and the
         membrane kept after (see `lif_run`): the layer's run in pieces, as in
         `tic_tf.models.stepwise`."""
-        cell = self.cell
-        return lif_run(inputs, membrane, cell.tau, cell.threshold, cell.detach_reset,
-                       cell.surrogate_sharpness, self.recompute)
+        return lif_run(inputs, membrane, self.cell, self.recompute)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -202,4 +238,5 @@ class LIF(keras.layers.Layer):
         cell = self.cell
         return {**super().get_config(), "tau": cell.tau, "threshold": cell.threshold,
                 "detach_reset": cell.detach_reset,
-                "surrogate_sharpness": cell.surrogate_sharpness, "recompute": self.recompute}
+                "surrogate_sharpness": cell.surrogate_sharpness, "recompute": self.recompute,
+                "neuron": cell.neuron, "reset": cell.reset, "surrogate": cell.surrogate}

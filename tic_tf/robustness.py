@@ -8,7 +8,7 @@ Writes report.md and report.json to `output_dir`: accuracy per model and evaluat
 drop from clean accuracy. Defaults are the paper's: Gaussian noise at 50% of the image's l2
 norm, blur through half the image side, FGSM eps 8/255, PGD eps 8/255, step 4/255, 10
 iterations. fgsm_window / pgd_window perturb only the timesteps `window` = (start, width).
-`attack_surrogates` re-runs the attacks through other surrogate sharpnesses and flags gradient
+`attack_surrogates` re-runs the attacks through other surrogate gradients and flags gradient
 obfuscation. "per_timestep" adds each model's accuracy from timesteps 1..t and from t alone
 (per_timestep.png); "early_exit" its accuracy against the mean timesteps used by the
 `exit_policy` at each of `exit_thresholds`, with the oracle bound and the Fisher information
@@ -17,19 +17,19 @@ per layer and timestep and the energy per image under `energy_table`, against th
 ANN, and with early exit at each threshold where "early_exit" is evaluated too (energy.png).
 """
 import dataclasses
-import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from tic_tf import checkpoints, early_exit, energy, plots
+from tic_tf import checkpoints, early_exit, energy, plots, surrogates
 from tic_tf.attacks import attacked_logits, fgsm, pgd
 from tic_tf.atomic import write_json, write_text
 from tic_tf.compiled import cached, function
 from tic_tf.corruptions import blur, blur_size, check_window, gaussian_noise
 from tic_tf.data import DataConfig, to_unit_range
 from tic_tf.diagnostics import TimestepProbe
+from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.losses import mean_logits
 from tic_tf.models import timesteps_of
@@ -41,6 +41,14 @@ PERTURBATIONS = ("clean", "gaussian", "blur", "fgsm", "pgd", "fgsm_window", "pgd
 ATTACKS = ("fgsm", "pgd", "fgsm_window", "pgd_window")
 TIME_STUDIES = ("per_timestep", "early_exit", "energy")  # over timesteps, not one accuracy
 EVALUATIONS = PERTURBATIONS + TIME_STUDIES
+
+
+def surrogate_list(values):
+    """The `parse` of --attack_surrogates: (name or None, sharpness or None) per value."""
+    try:
+        return tuple(surrogates.parse(value) for value in values)
+    except ValueError as error:
+        raise UserError(f"--attack_surrogates: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +70,11 @@ class EvaluationConfig:
                             "paper).", kind=int)
     window: tuple = option((1, 2), "start,width of the timesteps the *_window attacks perturb "
                            "(1-based).", parse=integers("window", minimum=1))
-    attack_surrogates: tuple = option((), "Extra surrogate sharpnesses (the model trained "
-                                      f"with pi = {math.pi:.4f}) for the attacks, e.g. "
-                                      "1.57,6.28.", parse=numbers("attack_surrogates"))
+    attack_surrogates: tuple = option((), "Other surrogate gradients for the attacks, each a "
+                                      "sharpness of the model's own surrogate (e.g. 1.57), "
+                                      "a surrogate at its default sharpness (sigmoid) or "
+                                      "both (sigmoid:8); see tic_tf.surrogates.",
+                                      parse=surrogate_list)
     obfuscation_drop: float = option(0.05, "Flag a model whose attacked accuracy falls by "
                                      "more than this (absolute) under another surrogate.")
     exit_policy: str = option("confidence", "Early exit: stop an input at the first timestep "
@@ -100,8 +110,6 @@ class EvaluationConfig:
                        "blur_size")
         require(len(self.window) == 2 and min(self.window) >= 1,
                 "--window takes two positive integers: start,width.")
-        require(all(s > 0 for s in self.attack_surrogates),
-                "--attack_surrogates must be positive.")
         require(self.exit_thresholds, "--exit_thresholds needs at least one threshold.")
         require(self.exit_fisher_samples >= 0, "--exit_fisher_samples must be >= 0.")
         energy.energy_table(self.energy_table)
@@ -248,11 +256,11 @@ def evaluate_model(config, path, images, labels, fisher_data):
         print(f"{path} {name}: {100 * results[name]:.2f}%", flush=True)
     other_surrogates = {}
     for name in (n for n in config.evaluations if n in ATTACKS):
-        for sharpness in config.attack_surrogates:
-            value = accuracy(config, name, model, images, labels, sharpness)
-            other_surrogates[f"{name}@{sharpness:g}"] = value
-            print(f"{path} {name} via surrogate {sharpness:g}: {100 * value:.2f}%",
-                  flush=True)
+        for surrogate in config.attack_surrogates:
+            value = accuracy(config, name, model, images, labels, surrogate)
+            other_surrogates[f"{name}@{surrogates.label(*surrogate)}"] = value
+            print(f"{path} {name} via surrogate {surrogates.label(*surrogate)}: "
+                  f"{100 * value:.2f}%", flush=True)
     suspected = any(results[key.split("@")[0]] - value > config.obfuscation_drop
                     for key, value in other_surrogates.items())
     return {"checkpoint": path, "timesteps": timesteps_of(model), "accuracy": results,

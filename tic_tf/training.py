@@ -15,7 +15,7 @@ import time
 
 import keras
 
-from tic_tf import checkpoints, distribute, energy, preemption
+from tic_tf import checkpoints, distribute, energy, preemption, surrogates
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import (EnergyMonitor, EpochCheckpoint, FisherMonitor, MetricsLogger,
                               StopOnNonFiniteLoss, TimestepMonitor)
@@ -27,7 +27,7 @@ from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
                            per_timestep_loss_metrics)
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
-from tic_tf.neurons import DEFAULT_SHARPNESS
+from tic_tf.neurons import DEFAULT_SHARPNESS, NEURONS, RESETS
 from tic_tf.options import (augment, check_choices, check_paths, check_positive,
                             energy_table, flat_dict, integers, nested, option, require,
                             train_examples)
@@ -51,10 +51,20 @@ class TrainConfig:
     timesteps: int = option(10, "Number of timesteps T.")
     tau: float = option(2.0, "LIF membrane time constant; decay is 1 - 1/tau (> 0.5).")
     threshold: float = option(1.0, "LIF firing threshold.")
+    neuron: str = option("lif", "Spiking neuron: lif (leaky, Eq. 1: decay 1 - 1/tau, input "
+                         "scaled by 1/tau) or if (integrate-and-fire: no leak, no input "
+                         "scaling; --tau unused).", choices=list(NEURONS))
+    reset: str = option("hard", "After a spike the membrane is set to 0 (hard, the paper's) or "
+                        "lowered by the threshold (soft).", choices=list(RESETS))
     detach_reset: bool = option(True, "Detach the membrane reset from the gradient.")
-    surrogate_sharpness: float = option(DEFAULT_SHARPNESS, "Sharpness a of the arctan "
-                                        "surrogate gradient (a/pi) / (1 + (a x)^2); the "
-                                        "paper's is pi.")
+    surrogate: str = option("arctan", "Surrogate gradient of the spike (tic_tf.surrogates): "
+                            "arctan (the paper's), sigmoid, fast_sigmoid, triangle, rectangle.",
+                            choices=list(surrogates.SURROGATES))
+    surrogate_sharpness: float = option(None, "Sharpness a of the surrogate gradient (larger: "
+                                        "narrower and taller, integral 1); default: the "
+                                        "surrogate's own, whose peak is 1 (pi for arctan, 4 "
+                                        "sigmoid, 2 fast_sigmoid, 1 triangle and rectangle).",
+                                        kind=float)
     batch_norm: str = option(
         "per_timestep", "How batch-norm treats time. per_timestep: each timestep normalised "
         "with its own batch statistics in training (the paper's code); shared: statistics "
@@ -120,7 +130,8 @@ class TrainConfig:
         require(self.width > 0, "--width must be positive.")
         require(self.tau > 0.5, "--tau must be > 0.5 (the decay 1 - 1/tau must stay above -1).")
         require(self.threshold > 0, "--threshold must be positive.")
-        require(self.surrogate_sharpness > 0, "--surrogate_sharpness must be positive.")
+        require(self.surrogate_sharpness is None or self.surrogate_sharpness > 0,
+                "--surrogate_sharpness must be positive.")
         require(self.learning_rate > 0, "--learning_rate must be positive.")
         require(self.weight_decay >= 0, "--weight_decay must be >= 0.")
         require(self.alpha >= 0, "--alpha must be >= 0.")
@@ -136,6 +147,12 @@ class TrainConfig:
             "--keep_checkpoints must be 'all' or a comma-separated list of epochs.")
 
     @property
+    def sharpness(self):
+        """--surrogate_sharpness, or the surrogate's default."""
+        return (surrogates.DEFAULTS[self.surrogate] if self.surrogate_sharpness is None
+                else self.surrogate_sharpness)
+
+    @property
     def run_dir(self):
         return self.model_dir or os.path.join(
             "runs", f"{self.data.dataset}-{self.arch}-T{self.timesteps}")
@@ -144,19 +161,21 @@ class TrainConfig:
 DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-timestep accuracy
 
 # Settings that define a run: resuming with any of them changed is refused.
-RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "tau", "threshold", "detach_reset",
-                "surrogate_sharpness", "batch_norm", "loss", "alpha", "optimizer",
-                "learning_rate", "lr_base_batch", "lr_schedule", "lr_milestones", "momentum",
-                "weight_decay", "batch_size", "epochs", "seed", "mixed_precision",
-                "train_examples", "test_examples", "augment")
+RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau", "threshold",
+                "detach_reset", "surrogate", "surrogate_sharpness", "batch_norm", "loss",
+                "alpha", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
+                "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
+                "mixed_precision", "train_examples", "test_examples", "augment")
 # Their values in runs from before they existed (batch-norm then pooled over time).
 SETTINGS_ADDED_LATER = {"batch_norm": "shared", "train_examples": 0, "test_examples": 0,
-                        "augment": True, "surrogate_sharpness": DEFAULT_SHARPNESS}
+                        "augment": True, "surrogate_sharpness": DEFAULT_SHARPNESS,
+                        "neuron": "lif", "reset": "hard", "surrogate": "arctan"}
 
 
 def run_settings(config):
     settings = {**dataclasses.asdict(config), **dataclasses.asdict(config.data)}
     settings["lr_milestones"] = list(config.lr_milestones)
+    settings["surrogate_sharpness"] = config.sharpness
     return {name: settings[name] for name in RUN_SETTINGS}
 
 
@@ -227,7 +246,8 @@ def model_config(config, spec):
                 input_shape=list(spec.image_shape), width=config.width, tau=config.tau,
                 threshold=config.threshold, detach_reset=config.detach_reset,
                 mean=list(spec.mean), std=list(spec.std), batch_norm=config.batch_norm,
-                surrogate_sharpness=config.surrogate_sharpness, recompute=config.recompute)
+                neuron=config.neuron, reset=config.reset, surrogate=config.surrogate,
+                surrogate_sharpness=config.sharpness, recompute=config.recompute)
 
 
 def compiled_model(config, strategy, arguments, steps_per_epoch):

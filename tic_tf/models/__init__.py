@@ -4,6 +4,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from tic_tf import surrogates
 from tic_tf.kernels import native_bfloat16
 from tic_tf.models.batch_norm import (BATCH_NORM_MODES, BN_STATISTICS, TemporalBatchNorm,
                                      check_batch_norm_mode)
@@ -13,7 +14,7 @@ from tic_tf.models.graph import run_layers
 from tic_tf.models.layers import RepeatOverTime, TimeFolded
 from tic_tf.models.plain import alexnet, vgg16
 from tic_tf.models.resnet import resnet19, resnet34
-from tic_tf.neurons import DEFAULT_SHARPNESS, LIF, _check_neuron_args
+from tic_tf.neurons import LIF, check_neuron_args
 
 PRECISIONS = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -41,14 +42,17 @@ SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1), (8, 8, 1))
 
 def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
                 detach_reset=True, mean=None, std=None, batch_norm="per_timestep",
-                surrogate_sharpness=DEFAULT_SHARPNESS, recompute=False):
+                surrogate_sharpness=None, recompute=False, neuron="lif", reset="hard",
+                surrogate="arctan"):
     """A `keras.Model` from images `[batch, H, W, C]` in [0, 1] to logits `[batch, T, classes]`.
 
     `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
     attacks, serving) all work in pixel space; left out, the images pass through unchanged.
     batch_norm: how batch-norm after the stem treats time, "per_timestep" (the reference
     code), "shared", "time_specific" or "bntt"; see `tic_tf.models.batch_norm`.
-    surrogate_sharpness and recompute go to every LIF layer (see `tic_tf.neurons.LIF`).
+    neuron ("lif" or "if"), reset ("hard" or "soft"), surrogate (`tic_tf.surrogates`),
+    surrogate_sharpness (None: the surrogate's default) and recompute go to every spiking
+    layer (see `tic_tf.neurons.LIF`).
     The weights do not depend on `timesteps` (but for the per-timestep statistics, scale and
     offset of "time_specific" and "bntt", which `with_timesteps` keeps): see `with_timesteps`.
     """
@@ -64,7 +68,9 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
         raise ValueError(f"width must be positive, got {width}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-    _check_neuron_args(tau, threshold, surrogate_sharpness)
+    if surrogate_sharpness is None:
+        surrogate_sharpness = surrogates.DEFAULTS.get(surrogate, 1.0)
+    check_neuron_args(tau, threshold, surrogate_sharpness, neuron, reset, surrogate)
     check_batch_norm_mode(batch_norm)
     channels = input_shape[-1]
     mean = [0.0] * channels if mean is None else [float(m) for m in mean]
@@ -76,7 +82,8 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     normalised = keras.layers.Normalization(
         mean=mean, variance=[s * s for s in std], name="normalize")(images)
     neuron = dict(tau=tau, threshold=threshold, detach_reset=detach_reset,
-                  surrogate_sharpness=surrogate_sharpness, recompute=recompute)
+                  surrogate_sharpness=surrogate_sharpness, recompute=recompute, neuron=neuron,
+                  reset=reset, surrogate=surrogate)
     logits = ARCHITECTURES[arch](normalised, int(num_classes), int(timesteps), width, neuron,
                                  batch_norm)
     return keras.Model(images, logits, name=arch)
@@ -87,11 +94,11 @@ def _check_built_here(model):
         raise ValueError("This needs a model made by tic_tf.models.build_model.")
 
 
-def _with_layer_setting(model, layer_class, name, value):
-    """A copy of `model`, same weights, whose `layer_class` layers have `name` = `value`."""
+def _with_layer_settings(model, layer_class, **settings):
+    """A copy of `model`, same weights, whose `layer_class` layers take `settings`."""
     def change(layer, config):
         if isinstance(layer, layer_class):
-            config[name] = value
+            config.update(settings)
 
     clone = rebuilt(model, change)
     clone.set_weights(model.get_weights())
@@ -103,19 +110,23 @@ def with_timesteps(model, timesteps):
     if int(timesteps) < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
     _check_built_here(model)
-    return _with_layer_setting(model, RepeatOverTime, "timesteps", int(timesteps))
+    return _with_layer_settings(model, RepeatOverTime, timesteps=int(timesteps))
 
 
-def with_surrogate(model, sharpness):
-    """The same network and weights whose spikes back-propagate through the arctan surrogate
-    of `sharpness`: an attack through another surrogate than the model trained with."""
-    _check_neuron_args(2.0, 1.0, sharpness)
-    return _with_layer_setting(model, LIF, "surrogate_sharpness", float(sharpness))
+def with_surrogate(model, sharpness, surrogate=None):
+    """The same network and weights whose spikes back-propagate through `surrogate` (default:
+    the model's own) of `sharpness`: an attack through another surrogate than the model
+    trained with."""
+    surrogate = surrogate or surrogate_of(model)[0]
+    surrogates.check_surrogate(surrogate, sharpness)
+    return _with_layer_settings(model, LIF, surrogate=surrogate,
+                                surrogate_sharpness=float(sharpness))
 
 
 def surrogate_of(model):
-    """The surrogate sharpness of the model's LIF layers."""
-    return lif_layers(model)[0].cell.surrogate_sharpness
+    """(surrogate, sharpness) of the model's spiking layers."""
+    cell = lif_layers(model)[0].cell
+    return cell.surrogate, cell.surrogate_sharpness
 
 
 def time_specific_twin(model, images):
