@@ -1,88 +1,26 @@
-import copy
-
+"""The exact Fisher estimator against per-sample gradient tapes, route by route; its pieces
+(tests/test_fisher_batch_norm.py: with batch statistics, and the batch-mean approximation)."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from fisher_reference import (STEPS, active_model, active_setup, assert_matches_brute_force,
+                              brute_force)
 from tic_tf.errors import UserError
 from tic_tf.fisher import (_conv_route, _conv_sq_norm, _parameter_layers, _patches,
-                           _samples_as_channels, _shifted_gram, block_of, gumbel_noise,
+                           _samples_as_channels, _shifted_gram, gumbel_noise,
                            information_centroid, sample_model_labels, temporal_fisher)
 from tic_tf.kernels import grouped_filter_gradient
-from tic_tf.losses import per_timestep_losses
-from tic_tf.models import TemporalBatchNorm, build_model, set_precision, with_timesteps
+from tic_tf.models import set_precision, with_timesteps
 
 # Values that depend on the kernel library: the suite runs these with oneDNN on and off.
 pytestmark = pytest.mark.numerical
 
-STEPS = 3
-
-
-def active_model(arch="resnet19", shape=(28, 28, 1), seed=0, batch_norm="per_timestep",
-                 **neuron):
-    """A tiny model whose layers fire, with non-trivial batch-norm statistics (`neuron`:
-    build_model's neuron arguments)."""
-    tf.keras.utils.set_random_seed(seed)
-    model = build_model(arch, 5, STEPS, shape, width=1 / 16, batch_norm=batch_norm, **neuron)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if isinstance(inner, (tf.keras.layers.BatchNormalization, TemporalBatchNorm)):
-            size, stats = inner.gamma.shape, inner.moving_mean.shape
-            inner.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
-            inner.beta.assign(rng.uniform(0.2, 0.8, size).astype("float32"))
-            inner.moving_mean.assign(rng.normal(0, 0.1, stats).astype("float32"))
-            inner.moving_variance.assign(rng.uniform(0.5, 2, stats).astype("float32"))
-        if inner.name == "classifier":
-            inner.bias.assign(rng.normal(0, 0.1, inner.bias.shape).astype("float32"))
-    return model
-
-
-def brute_force(model, images, labels, blocks=None):
-    """One GradientTape per sample and per t, over all (or one block's) parameters."""
-    steps = model.output.shape[1]
-    variables = [(v, block_of(v.path.split("/")[-2])) for v in model.trainable_variables]
-    labels = labels if labels.ndim == 2 else np.repeat(labels[:, None], steps, axis=1)
-
-    @tf.function  # eager Conv2DBackpropFilter on a batch of one crashes oneDNN in TF 2.21
-    def sample_gradient(image, label, t):
-        with tf.GradientTape() as tape:
-            loss = per_timestep_losses(model(image, training=False), label)[0, t]
-        return tape.gradient(loss, [v for v, _ in variables])
-
-    values = np.zeros(steps)
-    per_block = {}
-    for n in range(len(images)):
-        for t in range(steps):
-            grads = sample_gradient(images[n:n + 1], labels[n:n + 1], tf.constant(t))
-            for (v, block), g in zip(variables, grads):
-                sq = float(tf.reduce_sum(tf.square(g))) if g is not None else 0.0
-                values[t] += sq
-                per_block.setdefault(block, np.zeros(steps))[t] += sq
-    return values / len(images), {k: v / len(images) for k, v in per_block.items()}
-
-
-def assert_matches_brute_force(model, images, labels, batch_size):
-    """temporal_fisher's I_t and I_t per block against `brute_force`; returns its result and
-    the brute-force I_t."""
-    result = temporal_fisher(model, (images, labels), len(images), per_layer=True,
-                             batch_size=batch_size)
-    expected, expected_blocks = brute_force(model, images, labels)
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
-    assert set(result.per_layer) == set(expected_blocks)
-    for block, values in expected_blocks.items():
-        np.testing.assert_allclose(result.per_layer[block], values, rtol=1e-4, atol=1e-9)
-    return result, expected
-
 
 @pytest.fixture(scope="module")
 def setup():
-    model = active_model()
-    rng = np.random.default_rng(1)
-    images = rng.random((8, 28, 28, 1), dtype=np.float32)
-    labels = rng.integers(0, 5, 8).astype(np.int32)
-    return model, images, labels
+    return active_setup()
 
 
 def test_exact_fisher_matches_per_sample_brute_force(setup):
@@ -217,105 +155,6 @@ def test_shifted_gram_is_the_gram_matrix_of_the_image_patches(kernel_size, paddi
     np.testing.assert_allclose(_shifted_gram(layer, images),
                                tf.matmul(patches, patches, transpose_b=True), rtol=1e-5,
                                atol=1e-5)
-
-
-def reference_batch_mean(model, images, labels, batch_size, training):
-    """The reference code's formula: per batch and t, the squared norm of the gradient of the
-    batch-mean L_t, with batch-norm in inference or training mode, summed over batches."""
-    expected = np.zeros(STEPS)
-    for start in range(0, len(images), batch_size):
-        for t in range(STEPS):
-            with tf.GradientTape() as tape:
-                losses = per_timestep_losses(
-                    model(images[start:start + batch_size], training=training),
-                    labels[start:start + batch_size])
-                loss = tf.reduce_mean(losses[:, t])
-            expected[t] += sum(float(tf.reduce_sum(g ** 2))
-                               for g in tape.gradient(loss, model.trainable_variables))
-    return expected
-
-
-def test_batch_mean_approximation_is_the_reference_formula(setup):
-    model, images, labels = setup
-    result = temporal_fisher(model, (images, labels), 8, method="batch_mean", batch_size=4)
-    np.testing.assert_allclose(result.values,
-                               reference_batch_mean(model, images, labels, 4, training=False),
-                               rtol=1e-4)
-
-
-def batch_statistics_twin(model, images):
-    """`model` with every batch-norm's moving statistics set to the batch moments of `images`
-    (per timestep where `model` normalises per timestep in training), by Keras' own
-    training-mode layers at momentum 0: in inference mode it normalises every sample exactly
-    as `model` does with batch statistics held constant."""
-    config = copy.deepcopy(model.get_config())
-
-    def calibrating(node):  # every layer config, TimeFolded's inner one included
-        if isinstance(node, dict):
-            if node.get("class_name") == "BatchNormalization":
-                node["config"]["momentum"] = 0.0
-            if node.get("class_name") == "TemporalBatchNorm":
-                if node["config"]["mode"] == "per_timestep":
-                    node["config"].update(mode="time_specific", timesteps=STEPS)
-                node["config"]["momentum"] = 0.0
-            for value in node.values():
-                calibrating(value)
-        elif isinstance(node, list):
-            for value in node:
-                calibrating(value)
-    calibrating(config)
-    twin = keras.Model.from_config(config)
-    for ours, theirs in zip(twin.layers, model.layers):
-        if isinstance(ours, TemporalBatchNorm):  # statistics maybe of another shape: set next
-            ours.gamma.assign(theirs.gamma)
-            ours.beta.assign(theirs.beta)
-        else:
-            ours.set_weights(theirs.get_weights())
-    twin(images, training=True)
-    return twin
-
-
-@pytest.mark.parametrize("batch_norm", ["per_timestep", "shared", "time_specific", "bntt"])
-def test_exact_fisher_with_batch_statistics_matches_brute_force_on_a_calibrated_twin(
-        batch_norm):
-    model = active_model(batch_norm=batch_norm, seed=3)
-    rng = np.random.default_rng(3)
-    images = rng.random((5, 28, 28, 1), dtype=np.float32)
-    labels = rng.integers(0, 5, 5).astype(np.int32)
-    before = [v.numpy() for v in model.variables]
-    result = temporal_fisher(model, (images, labels), 5, batch_size=5, bn_statistics="batch")
-    expected, _ = brute_force(batch_statistics_twin(model, images), images, labels)
-    np.testing.assert_allclose(result.values, expected, rtol=1e-4)
-    moving = temporal_fisher(model, (images, labels), 5, batch_size=5)
-    assert np.abs(moving.values - expected).max() > 1e-2 * expected.max()  # a real difference
-    for variable, value in zip(model.variables, before):  # moving statistics included
-        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-    assert result.to_json()["bn_statistics"] == "batch"
-
-
-def test_exact_fisher_with_per_timestep_scale_and_offset_run_beyond_its_timesteps():
-    """bntt: every timestep has its own scale and offset; the last one's also act on the
-    timesteps beyond those the model was built with. At T=5 the estimator's forward runs in
-    chunks of two timesteps (the last one shorter)."""
-    model = with_timesteps(active_model(batch_norm="bntt", seed=4), STEPS + 2)
-    rng = np.random.default_rng(4)
-    images = rng.random((4, 28, 28, 1), dtype=np.float32)
-    labels = rng.integers(0, 5, 4).astype(np.int32)
-    assert_matches_brute_force(model, images, labels, batch_size=4)
-
-
-def test_batch_mean_with_batch_statistics_is_the_training_mode_formula(setup):
-    model, images, labels = setup
-    before = [v.numpy() for v in model.variables]
-    result = temporal_fisher(model, (images, labels), 8, method="batch_mean", batch_size=4,
-                             bn_statistics="batch")
-    for variable, value in zip(model.variables, before):
-        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-    trained = keras.Model.from_config(model.get_config())  # training mode updates its copy
-    trained.set_weights(model.get_weights())
-    np.testing.assert_allclose(result.values,
-                               reference_batch_mean(trained, images, labels, 4, training=True),
-                               rtol=1e-4)
 
 
 def test_information_centroid_hand_cases():
