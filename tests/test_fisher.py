@@ -74,11 +74,12 @@ def test_exact_fisher_of_a_bfloat16_model_matches_its_per_sample_gradients(group
 
 
 def test_exact_fisher_on_vgg_and_alexnet_with_dense_layers():
+    """In batch-norm modes the ResNet19 tests leave to the batch-statistics ones."""
     rng = np.random.default_rng(2)
     images = rng.random((3, 32, 32, 3), dtype=np.float32)
     labels = rng.integers(0, 5, 3).astype(np.int32)
-    for arch in ("alexnet", "vgg16"):
-        model = active_model(arch, (32, 32, 3))
+    for arch, batch_norm in (("alexnet", "shared"), ("vgg16", "bntt")):
+        model = active_model(arch, (32, 32, 3), batch_norm=batch_norm)
         result = temporal_fisher(model, (images, labels), 3, batch_size=3)
         np.testing.assert_allclose(result.values, brute_force(model, images, labels)[0],
                                    rtol=1e-4)
