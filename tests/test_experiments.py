@@ -44,14 +44,15 @@ def test_fig1_records_the_monitor_and_the_estimator_of_each_checkpoint(root):
     assert record["sizes"]["base"]["epochs"] == SMOKE.base["epochs"]
     metrics = read_metrics(os.path.join(root, "smoke", "runs", "base", "metrics.jsonl"))
     assert record["centroid_by_epoch"]["centroid"] == [r["fisher/centroid"] for r in metrics]
-    for epoch in SMOKE.measured_epochs:
+    assert sorted(record["fisher_at_epochs"]["moving"]) == sorted(
+        record["fisher_at_epochs"]["batch"]) == [str(e) for e in SMOKE.measured_epochs]
+    for epoch, statistics in zip(SMOKE.measured_epochs, ("moving", "batch")):  # one each
         model, _ = checkpoints.load_model(checkpoint(root, "base", epoch))
-        for statistics in ("moving", "batch"):
-            fisher = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train),
-                                     SMOKE.fisher_samples, bn_statistics=statistics)
-            measured = record["fisher_at_epochs"][statistics][str(epoch)]
-            np.testing.assert_allclose(measured["fisher"], fisher.values, rtol=1e-5)
-            assert measured["centroid"] == pytest.approx(information_centroid(fisher.values))
+        fisher = temporal_fisher(model, (DIGITS.x_train, DIGITS.y_train),
+                                 SMOKE.fisher_samples, bn_statistics=statistics)
+        measured = record["fisher_at_epochs"][statistics][str(epoch)]
+        np.testing.assert_allclose(measured["fisher"], fisher.values, rtol=1e-5)
+        assert measured["centroid"] == pytest.approx(information_centroid(fisher.values))
 
 
 def test_fig2_and_fig3_reuse_the_base_run_and_measure_its_checkpoints(root, capfd):

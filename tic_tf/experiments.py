@@ -61,6 +61,7 @@ SCALES = {
     "smoke": Scale(
         base=dict(data=dict(dataset="digits"), arch="alexnet", width=0.125, timesteps=3,
                   optimizer="adam", learning_rate=3e-3, batch_size=128, epochs=2,
+                  train_examples=512,
                   fisher_every=1, fisher_samples=16, export=False, verbose=0),
         measured_epochs=(1, 2), fisher_samples=16, eval_samples=64, window=2,
         sweeps={"timesteps": (2, 3), "arch": ("alexnet",)}, alphas=(1e-3, 2.2),
@@ -299,9 +300,11 @@ def fig4(context, run_dirs):
 
 
 def alpha_runs(scale):
-    """One run per alpha, trained with the alpha loss (Eq. 10), all checkpoints kept."""
+    """One run per alpha, trained with the alpha loss (Eq. 10), its last checkpoint kept; no
+    Fisher monitor (fig5 measures I_t after training)."""
     return {f"alpha={alpha:g}": {**scale.base, "loss": "alpha", "alpha": alpha,
-                                 "keep_checkpoints": (scale.base["epochs"],)}
+                                 "keep_checkpoints": (scale.base["epochs"],),
+                                 "fisher_every": 0}
             for alpha in scale.alphas}
 
 
