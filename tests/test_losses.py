@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tic_tf.losses import AlphaLoss, accumulated_logits, alpha_loss, per_timestep_losses
+from tic_tf.losses import (AlphaLoss, TETLoss, accumulated_logits, alpha_loss,
+                           per_timestep_losses, tet_loss)
 
 LOGITS = np.array([[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 3.0]],
                    [[0.5, 0.5, 0.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]], np.float32)
@@ -56,3 +57,16 @@ def test_alpha_loss_gradient_flips_sign_below_alpha():
     assert losses.min() > below and losses.max() < above
     np.testing.assert_allclose(gradient(below), -gradient(above), rtol=1e-6)
     assert np.abs(gradient(below)).sum() > 0
+
+
+@pytest.mark.parametrize("lamb, target", [(1e-3, 1.0), (0.0, 1.0), (0.3, -0.5)])
+def test_tet_loss_is_the_mean_of_each_timesteps_own_cross_entropy_plus_its_mse(lamb, target):
+    expected = [(1 - lamb) * np.mean([hand_cross_entropy(LOGITS[n, t], LABELS[n])
+                                      for t in range(3)])
+                + lamb * np.mean((LOGITS[n] - target) ** 2) for n in range(2)]
+    np.testing.assert_allclose(tet_loss(LOGITS, LABELS, lamb, target).numpy(), expected,
+                               rtol=1e-6)
+    keras_loss = TETLoss(lamb, target)  # the batch mean, as TET's code reduces it
+    assert float(keras_loss(LABELS, LOGITS)) == pytest.approx(np.mean(expected), rel=1e-6)
+    clone = TETLoss.from_config(keras_loss.get_config())
+    assert (clone.lamb, clone.target) == (lamb, target)

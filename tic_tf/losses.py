@@ -91,6 +91,34 @@ class AlphaLoss(keras.losses.Loss):
         return {**super().get_config(), "alpha": self.alpha}
 
 
+def tet_loss(logits_per_timestep, labels, lamb=1e-3, target=1.0):
+    """TET (Deng et al. 2022), per example: (1 - lamb) (1/T) sum_t CE(O_t, y) + lamb
+    mean((O - target)^2), O_t the logits of timestep t alone (not accumulated): every
+    timestep is trained to predict on its own; the MSE term keeps the logits near `target`.
+    Its batch mean is the paper's loss (their code's defaults: lamb 1e-3, target 1)."""
+    logits = tf.cast(logits_per_timestep, tf.float32)
+    labels = tf.repeat(tf.cast(labels, tf.int32)[:, None], tf.shape(logits)[1], axis=1)
+    cross_entropy = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits), axis=1)
+    return ((1.0 - lamb) * cross_entropy
+            + lamb * tf.reduce_mean(tf.square(logits - target), axis=[1, 2]))
+
+
+@keras.saving.register_keras_serializable(package="tic_tf")
+class TETLoss(keras.losses.Loss):
+    """`tet_loss` as a Keras loss."""
+
+    def __init__(self, lamb=1e-3, target=1.0, name="tet_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.lamb, self.target = float(lamb), float(target)
+
+    def call(self, y_true, y_pred):
+        return tet_loss(y_pred, y_true, self.lamb, self.target)
+
+    def get_config(self):
+        return {**super().get_config(), "lamb": self.lamb, "target": self.target}
+
+
 @keras.saving.register_keras_serializable(package="tic_tf")
 def timestep_loss(y_true, y_pred, timestep):
     """L_t per example for one timestep (0-based) of the accumulated logits."""

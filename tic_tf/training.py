@@ -23,7 +23,7 @@ from tic_tf.data import (DataConfig, eval_dataset, first_examples, steps_per_epo
                          to_unit_range, train_dataset)
 from tic_tf.distribute import DistributeConfig, check_batch_size
 from tic_tf.errors import UserError
-from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, accuracy_metric,
+from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, TETLoss, accuracy_metric,
                            per_timestep_loss_metrics)
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
@@ -72,10 +72,13 @@ class TrainConfig:
         "per-timestep statistics kept for inference too (BNTT's statistics); bntt: and "
         "per-timestep scale and offset.", choices=list(BATCH_NORM_MODES))
     loss: str = option("ce", "ce: cross-entropy of the mean logits; alpha: (1/T) sum_t "
-                       "|L_t - alpha| (Eq. 10), steering Fisher information.",
-                       choices=["ce", "alpha"])
+                       "|L_t - alpha| (Eq. 10), steering Fisher information; tet: the mean "
+                       "over t of each timestep's own cross-entropy, plus an MSE term "
+                       "(Deng et al. 2022).", choices=["ce", "alpha", "tet"])
     alpha: float = option(0.01, "alpha of --loss=alpha (paper, CIFAR10: 1e-3 low, 1e-2 "
                           "intermediate, 7e-2 high).")
+    tet_lambda: float = option(1e-3, "Weight lambda of --loss=tet's MSE term, in [0, 1).")
+    tet_target: float = option(1.0, "The value --loss=tet's MSE term pulls the logits to.")
     optimizer: str = option("sgd", "Optimizer.", choices=["sgd", "adam"])
     learning_rate: float = option(0.3, "Initial learning rate.")
     lr_base_batch: int = option(0, "Scale the learning rate linearly with the batch: rate = "
@@ -135,6 +138,8 @@ class TrainConfig:
         require(self.learning_rate > 0, "--learning_rate must be positive.")
         require(self.weight_decay >= 0, "--weight_decay must be >= 0.")
         require(self.alpha >= 0, "--alpha must be >= 0.")
+        require(0 <= self.tet_lambda < 1, f"--tet_lambda must be in [0, 1), got "
+                f"{self.tet_lambda}.")
         require(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}.")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}.")
         require(all(m >= 1 for m in self.lr_milestones), "--lr_milestones must be epochs >= 1.")
@@ -163,13 +168,14 @@ DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-times
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau", "threshold",
                 "detach_reset", "surrogate", "surrogate_sharpness", "batch_norm", "loss",
-                "alpha", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
+                "alpha", "tet_lambda", "tet_target", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision", "train_examples", "test_examples", "augment")
 # Their values in runs from before they existed (batch-norm then pooled over time).
 SETTINGS_ADDED_LATER = {"batch_norm": "shared", "train_examples": 0, "test_examples": 0,
                         "augment": True, "surrogate_sharpness": DEFAULT_SHARPNESS,
-                        "neuron": "lif", "reset": "hard", "surrogate": "arctan"}
+                        "neuron": "lif", "reset": "hard", "surrogate": "arctan",
+                        "tet_lambda": 1e-3, "tet_target": 1.0}
 
 
 def run_settings(config):
@@ -258,6 +264,9 @@ def compiled_model(config, strategy, arguments, steps_per_epoch):
         metrics = [accuracy_metric()]
         if config.loss == "alpha":  # log every L_t, the quantity the alpha loss steers
             loss = AlphaLoss(config.alpha)
+            metrics += per_timestep_loss_metrics(config.timesteps)
+        elif config.loss == "tet":
+            loss = TETLoss(config.tet_lambda, config.tet_target)
             metrics += per_timestep_loss_metrics(config.timesteps)
         else:
             loss = MeanLogitCrossEntropy()
