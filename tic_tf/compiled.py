@@ -1,16 +1,10 @@
-"""Compiled functions: traced without AutoGraph, and cached per model, so repeated calls
-trace and compile once.
-
-A compiled function holds its model, so the cache keeps the functions of the few models used
-last and lets older ones go: analysing or evaluating checkpoint after checkpoint keeps a
-bounded number of models alive, not all of them.
+"""Compiled functions: traced without AutoGraph, and cached on the model they run, so
+repeated calls trace and compile once, and the functions go when the model goes.
 """
-import collections
-
 import tensorflow as tf
 
-MODELS_KEPT = 4
-_CACHE = collections.OrderedDict()  # id(model) -> (model, {key: function}), oldest first
+# The model's attribute holding its compiled functions: {key: function}.
+_ATTRIBUTE = "_tic_tf_compiled"
 
 
 def function(python_function, **options):
@@ -24,13 +18,16 @@ def function(python_function, **options):
 
 
 def cached(model, key, factory):
-    """`factory()` for (model, key), built on first use and kept while `model` is among the
-    `MODELS_KEPT` models used last."""
-    entry = _CACHE.pop(id(model), (model, {}))
-    _CACHE[id(model)] = entry  # now the most recent
-    while len(_CACHE) > MODELS_KEPT:
-        _CACHE.popitem(last=False)
-    functions = entry[1]
+    """`factory()` for (model, key), built on first use and kept on `model` itself.
+
+    A compiled function holds its model, so model -> functions -> model is a cycle, which the
+    garbage collector frees once the caller drops the model (a cache of its own would keep
+    every model alive). Set with object.__setattr__, so that Keras does not track the
+    functions as part of the model (nor SavedModel export them)."""
+    functions = vars(model).get(_ATTRIBUTE)
+    if functions is None:
+        functions = {}
+        object.__setattr__(model, _ATTRIBUTE, functions)
     if key not in functions:
         functions[key] = factory()
     return functions[key]
