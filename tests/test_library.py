@@ -2,7 +2,10 @@
 pruning in-process, each checked against an independent computation, and the same defaults as
 the commands."""
 import json
+import os
+import random
 import re
+import signal
 
 import keras
 import numpy as np
@@ -30,6 +33,43 @@ def accuracy_by_hand(path):
     model, _ = checkpoints.load_model(path)
     logits = model.predict(to_unit_range(TEST_DIGITS.x_test), batch_size=120, verbose=0)
     return float(np.mean(logits.mean(axis=1).argmax(-1) == TEST_DIGITS.y_test))
+
+
+def open_files_under(directory):
+    """The files under `directory` this process holds open."""
+    paths = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+    return [path for path in paths if path.startswith(os.path.realpath(directory))]
+
+
+def test_a_training_run_leaves_the_process_as_it_found_it(tmp_path):
+    """Its seed, its precision, its SIGTERM handler and its TensorBoard writers stay inside
+    the call, whether training ends or fails."""
+    def handler(signum, frame):  # the caller's own
+        pass
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        random.seed(5)
+        np.random.seed(5)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        for name, changes in (("bfloat16", dict(mixed_precision="bfloat16", fisher_every=1,
+                                                fisher_samples=8, epochs=1)),
+                              ("diverging", dict(optimizer="sgd", learning_rate=1e30))):
+            config = TrainConfig(model_dir=str(tmp_path / name), **{**SETTINGS, **changes})
+            if name == "diverging":
+                with pytest.raises(UserError, match="The training loss became nan"):
+                    train(config)
+            else:
+                train(config)
+                assert os.listdir(tmp_path / name / "tensorboard")  # it did write there
+            assert random.getstate() == python_state, name
+            for ours, theirs in zip(np.random.get_state(), numpy_state):
+                np.testing.assert_array_equal(ours, theirs, err_msg=name)
+            assert keras.config.dtype_policy().name == "float32", name
+            assert signal.getsignal(signal.SIGTERM) is handler, name
+            assert open_files_under(tmp_path / name) == [], name
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from tic_tf.energy import operation_counts
 from tic_tf.errors import UserError
 from tic_tf.fisher import temporal_fisher
 from tic_tf.models import BN_STATISTICS
+from tic_tf.summaries import SummaryCallback
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -50,7 +51,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 "resume with other settings in a new --model_dir.")
 
 
-class TimestepMonitor(keras.callbacks.Callback):
+class TimestepMonitor(SummaryCallback):
     """Adds, on fixed test `images`, every LIF layer's mean spike rate (`firing_rate/<layer>`)
     and the accuracy per timestep (`timestep_accuracy/upto_t`: logits accumulated over 1..t;
     `.../at_t`: timestep t alone), each with batch-norm in inference mode, to the logs; keeps a
@@ -59,9 +60,8 @@ class TimestepMonitor(keras.callbacks.Callback):
     into TensorBoard."""
 
     def __init__(self, images, labels, log_dir):
-        super().__init__()
+        super().__init__(log_dir)
         self.data = (images, labels)
-        self.writer = tf.summary.create_file_writer(log_dir)
         self.probe = None
         self.records = {}  # epoch -> {"diagnostics": ...}
 
@@ -111,7 +111,7 @@ class EnergyMonitor(keras.callbacks.Callback):
         logs["energy/multiply_accumulates"] = per_image["multiply_accumulate"]
 
 
-class FisherMonitor(keras.callbacks.Callback):
+class FisherMonitor(SummaryCallback):
     """Every `every` epochs, measures temporal Fisher information on a fixed training subset.
 
     Adds `fisher/I_t` scalars, `fisher/centroid` and `fisher/time_s` to the logs, keeps a
@@ -122,12 +122,11 @@ class FisherMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, images, labels, every, log_dir, batch_size=32, verbose=False):
-        super().__init__()
+        super().__init__(log_dir)
         self.data = (images, labels)
         self.every = every
         self.batch_size = batch_size
         self.verbose = verbose
-        self.writer = tf.summary.create_file_writer(log_dir)
         self.history = {}
         self.records = {}  # epoch -> {"fisher": ...}
 
@@ -165,7 +164,7 @@ class FisherMonitor(keras.callbacks.Callback):
         self.writer.flush()
 
 
-class MetricsLogger(keras.callbacks.Callback):
+class MetricsLogger(SummaryCallback):
     """Writes every epoch's logs, and the structured records of `sources` (monitors with a
     `records` dict keyed by epoch), to `metrics.jsonl`, and the scalars to TensorBoard.
 
@@ -174,9 +173,8 @@ class MetricsLogger(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, start_epoch, sources=()):
-        super().__init__()
+        super().__init__(os.path.join(run_dir, "tensorboard"))
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
         self.start_epoch = start_epoch
         self.sources = list(sources)
 

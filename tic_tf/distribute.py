@@ -17,6 +17,7 @@ import tensorflow as tf
 from tic_tf import multi_worker, run_lock
 from tic_tf.errors import UserError
 from tic_tf.options import check_choices, option
+from tic_tf.summaries import release_all
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -86,15 +87,19 @@ def is_multi_worker(strategy):
 
 def fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch, **options):
     """`model.fit(dataset, ...)` in the strategy's scope, through `tic_tf.multi_worker` where
-    Keras' own cannot run."""
-    with strategy.scope():
-        if is_multi_worker(strategy):
-            multi_worker.fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch,
-                             **options)
-        else:
-            # The dataset is shuffled already (statelessly, per epoch): shuffle=False says so.
-            model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps_per_epoch, shuffle=False, **options)
+    Keras' own cannot run; the callbacks' writers and signal handlers are released however it
+    ends (Keras' on_train_end does not run when training raises)."""
+    try:
+        with strategy.scope():
+            if is_multi_worker(strategy):
+                multi_worker.fit(model, strategy, dataset, epochs, initial_epoch,
+                                 steps_per_epoch, **options)
+            else:
+                # The dataset is shuffled already (statelessly, per epoch): shuffle=False.
+                model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+                          steps_per_epoch=steps_per_epoch, shuffle=False, **options)
+    finally:
+        release_all(options.get("callbacks", ()))
 
 
 def evaluate(model, strategy, dataset):

@@ -59,12 +59,20 @@ class PreemptionCheckpoint(keras.callbacks.Callback):
         self.model_config = model_config
         self.offset = first_step
         self.requested = False
+        self.previous_handler = None
 
     def on_train_begin(self, logs=None):
         self.previous_handler = signal.signal(signal.SIGTERM, self._request)
 
     def on_train_end(self, logs=None):
-        signal.signal(signal.SIGTERM, self.previous_handler)
+        self.release()
+
+    def release(self):
+        """Give SIGTERM back to the handler it had before training (also called by
+        `tic_tf.distribute.fit` when training stops with an error)."""
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+            self.previous_handler = None
 
     def _request(self, signum, frame):
         self.requested = True

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.models import TimeFolded, rebuilt
+from tic_tf.summaries import SummaryCallback
 
 SCOPES = ("layer", "global")
 
@@ -328,13 +329,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
             prune_to_sparsity(self.model, sparsity, self.wrappers[0].scope)
 
 
-class PruningSummaries(keras.callbacks.Callback):
+class PruningSummaries(SummaryCallback):
     """Adds `sparsity/<layer>` per pruned layer and `sparsity/overall` to each epoch's logs
     and writes them to TensorBoard under `log_dir`."""
-
-    def __init__(self, log_dir):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         values = {f"sparsity/{name}": value

@@ -7,13 +7,16 @@ Everything lands in `model_dir`: flags.json, checkpoints/epoch-NNNN, metrics.jso
 tensorboard/, results.json and saved_model/. Training into a directory that holds a run
 resumes it from its last complete checkpoint.
 """
+import contextlib
 import dataclasses
 import json
 import os
+import random
 import sys
 import time
 
 import keras
+import numpy as np
 
 from tic_tf import checkpoints, distribute, energy, preemption, surrogates
 from tic_tf.atomic import write_json
@@ -314,15 +317,33 @@ def train(config):
     spec = config.data.spec
     arrays = first_examples(config.data.load(), config.train_examples, config.test_examples)
     steps = steps_per_epoch(len(arrays.x_train), config.batch_size)
-    keras.utils.set_random_seed(config.seed)
-    set_precision(config.mixed_precision)
-    arguments = model_config(config, spec)
-    model = compiled_model(config, strategy, arguments, steps)
-    if strategy.num_replicas_in_sync > 1:
-        print(f"Training on {strategy.num_replicas_in_sync} replicas, "
-              f"{config.batch_size // strategy.num_replicas_in_sync} examples each per step.")
-    with strategy.scope(), distribute.output_dir(strategy, run_dir) as out_dir:
-        return _train(config, strategy, model, arguments, arrays, run_dir, out_dir, settings)
+    with seeded_with_precision(config.seed, config.mixed_precision):
+        arguments = model_config(config, spec)
+        model = compiled_model(config, strategy, arguments, steps)
+        if strategy.num_replicas_in_sync > 1:
+            print(f"Training on {strategy.num_replicas_in_sync} replicas, "
+                  f"{config.batch_size // strategy.num_replicas_in_sync} examples each per "
+                  "step.")
+        with strategy.scope(), distribute.output_dir(strategy, run_dir) as out_dir:
+            return _train(config, strategy, model, arguments, arrays, run_dir, out_dir,
+                          settings)
+
+
+@contextlib.contextmanager
+def seeded_with_precision(seed, precision):
+    """Within: the random generators seeded with `seed` (`keras.utils.set_random_seed`) and
+    Keras' dtype policy set to `precision`; after: Python's and NumPy's generator states and
+    the policy as they were, so that a training run leaves its caller's process alone
+    (TensorFlow's global seed stays `seed`: it has no public getter to restore from)."""
+    saved = random.getstate(), np.random.get_state(), keras.config.dtype_policy()
+    keras.utils.set_random_seed(seed)
+    set_precision(precision)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        keras.config.set_dtype_policy(saved[2])
 
 
 def _train(config, strategy, model, arguments, arrays, run_dir, out_dir, settings):
