@@ -19,6 +19,8 @@ setup(
         # svhn, cifar10, cifar100 and fashion_mnist without --data_file (4.9.10 tested with
         # TensorFlow 2.21); imported only when one of them is loaded.
         "tensorflow-datasets>=4.9",
+        # export to and import from NIR, the format of neuromorphic hardware (numpy, h5py).
+        "nir>=1.0",
     ],
     extras_require={
         # Pick one TensorFlow build: tensorflow-cpu is smaller and has no CUDA libraries.

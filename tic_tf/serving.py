@@ -1,5 +1,6 @@
 """Export for serving: a SavedModel, or a TensorFlow Lite (LiteRT) flatbuffer for edge devices,
-each with one signature from images in [0, 1] to class probabilities and per-timestep logits."""
+each with one signature from images in [0, 1] to class probabilities and per-timestep logits;
+or an NIR graph for neuromorphic hardware and simulators (`tic_tf.nir_export`)."""
 import dataclasses
 import os
 import shutil
@@ -11,13 +12,15 @@ from tic_tf import checkpoints
 from tic_tf.atomic import partial_path, publish_dir, reporting_full_disk, write_bytes
 from tic_tf.compiled import function
 from tic_tf.losses import mean_logits
+from tic_tf.nir_export import write_nir
 from tic_tf.models import fold_batch_norm
 from tic_tf.options import (check_choices, check_paths, check_positive, option, output_dir,
                             require)
 
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "nir")
 TFLITE_FILE = "model.tflite"
+NIR_FILE = "model.nir"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +28,12 @@ class ExportConfig:
     """Which checkpoint to export, where, in which format and at which T."""
     checkpoint: str = option(None, "Checkpoint directory (epoch-NNNN) or run directory (its "
                              "newest checkpoint is used).", kind=str)
-    output_dir: str = output_dir("the SavedModel's files, or model.tflite")
+    output_dir: str = output_dir("the SavedModel's files, model.tflite or model.nir")
     format: str = option("saved_model", "saved_model: a SavedModel (TensorFlow Serving, "
                          "TensorFlow); tflite: <output_dir>/model.tflite for TensorFlow Lite "
-                         "(LiteRT) on edge devices.", choices=FORMATS)
+                         "(LiteRT) on edge devices; nir: <output_dir>/model.nir, the "
+                         "Neuromorphic Intermediate Representation (neuromorphic hardware, "
+                         "SNN simulators).", choices=FORMATS)
     int8_weights: bool = option(False, "With --format=tflite: weights stored as int8 "
                                 "(dynamic-range quantization, about 4x smaller; activations "
                                 "stay float32).")
@@ -91,11 +96,14 @@ def export_tflite(model, path, int8_weights=False):
 def export_checkpoint(config):
     """Export the checkpoint of `config` in `config.format`; returns the written path."""
     model, model_config = checkpoints.load_model(config.checkpoint, timesteps=config.timesteps)
-    if config.format == "tflite":
-        path = export_tflite(model, os.path.join(config.output_dir, TFLITE_FILE),
-                             config.int8_weights)
-        size = f" ({os.path.getsize(path) / 1e3:.0f} kB)"
-    else:
+    if config.format == "saved_model":
         path, size = export_saved_model(model, config.output_dir), ""
+    else:
+        if config.format == "tflite":
+            path = export_tflite(model, os.path.join(config.output_dir, TFLITE_FILE),
+                                 config.int8_weights)
+        else:
+            path = write_nir(model, os.path.join(config.output_dir, NIR_FILE))
+        size = f" ({os.path.getsize(path) / 1e3:.0f} kB)"
     print(f"Exported {model_config['arch']} at T={model_config['timesteps']} to {path}{size}")
     return path
