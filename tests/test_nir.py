@@ -1,26 +1,37 @@
 """NIR export and import, checked by an independent NumPy simulation of the exported graph
 (`nir_simulator`): its spikes at every LIF node and its output equal the Keras model's."""
+import io
+
 import keras
 import nir
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import run_tool
 from fisher_reference import active_model
 from nir_simulator import simulate
-from tic_tf import checkpoints
+from tic_tf import checkpoints, data
 from tic_tf.errors import UserError
-from tic_tf.models import TemporalBatchNorm, lif_layers, timesteps_of
+from tic_tf.models import TemporalBatchNorm, lif_layers, timesteps_of, with_timesteps
 from tic_tf.nir_export import METADATA, to_nir, write_nir
 from tic_tf.nir_import import load
 
 
-def firing_model(arch, shape, **settings):
-    """A tiny model with normalised inputs whose every spiking layer fires: its batch-norm
-    statistics are those of `images` (one training-mode pass at momentum 0) and its offsets
-    0.8, so that a fifth to a half of the neurons fire. Returns (model, images)."""
-    model = active_model(arch, shape, **settings)
-    images = np.random.default_rng(1).random((4, *shape)).astype(np.float32)
+def real_images(shape, count=4):
+    """The first test digits (scikit-learn's, bundled), scaled up to `shape` and repeated over
+    its channels, in [0, 1]."""
+    arrays = data.load_arrays(data.get_spec("digits"))
+    images = tf.image.resize(data.to_unit_range(arrays.x_test[:count]), shape[:2], "nearest")
+    return np.repeat(images.numpy(), shape[2], axis=3)
+
+
+def firing_model(arch, shape, timesteps=4, **settings):
+    """A tiny model at T = `timesteps` with normalised inputs whose every spiking layer fires
+    on `real_images(shape)`: its batch-norm statistics are those of these images (one
+    training-mode pass at momentum 0) and its offsets 0.8. Returns (model, images)."""
+    model = with_timesteps(active_model(arch, shape, **settings), timesteps)
+    images = real_images(shape)
     norms = [getattr(layer, "layer", layer) for layer in model.layers]
     norms = [n for n in norms if isinstance(n, (keras.layers.BatchNormalization,
                                                 TemporalBatchNorm))]
@@ -62,15 +73,27 @@ def test_simulated_nir_graph_fires_as_the_keras_model(arch, shape, settings, tmp
     np.testing.assert_allclose(load(graph)(images, training=False), logits, atol=1e-5)
 
 
-def test_graph_records_what_its_nodes_do_not_say():
-    model, _ = firing_model("alexnet", (32, 32, 3))
-    graph = to_nir(model)
+@pytest.mark.parametrize("tau", [0.75, 2.0, 4.0])
+def test_graph_records_eq_1_and_what_its_nodes_do_not_say(tau):
+    graph = nir.read(io.BytesIO(_written(to_nir(active_model("alexnet", (32, 32, 3), tau=tau)))))
     assert graph.metadata == {**METADATA, "timesteps": 3, "tic_tf_architecture": "alexnet"}
     assert {type(node).__name__ for node in graph.nodes.values()} == {
         "Input", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "Output"}
-    stem = graph.nodes["stem_lif"]
-    np.testing.assert_array_equal(stem.tau, np.full((4, 32, 32), 2.0, np.float32))
-    np.testing.assert_array_equal(stem.v_threshold, np.ones((4, 32, 32), np.float32))
+    for name in ("stem_lif", "fc2_lif"):
+        node, dt = graph.nodes[name], graph.metadata["dt"]
+        # NIR's tau dv/dt = v_leak - v + r I, one Euler step: v <- (1 - dt/tau) v + dt r I/tau.
+        np.testing.assert_allclose(1 - dt / node.tau, 1 - 1 / tau, rtol=1e-6)  # Eq. 1's decay
+        np.testing.assert_allclose(dt * node.r / node.tau, 1 / tau, rtol=1e-6)  # input scale
+        np.testing.assert_array_equal(node.v_leak, 0.0)
+        np.testing.assert_array_equal(node.v_reset, 0.0)
+        np.testing.assert_array_equal(node.v_threshold, 1.0)
+    assert graph.nodes["stem_lif"].tau.shape == (4, 32, 32)  # channels first
+
+
+def _written(graph):
+    buffer = io.BytesIO()
+    nir.write(buffer, graph)
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("settings, shape, message", [
@@ -97,6 +120,13 @@ def test_import_refuses_nodes_and_parameters_it_cannot_map():
     graph.nodes["fc2_lif"].tau[0] = 3.0
     with pytest.raises(UserError, match="fc2_lif: tau differs between neurons"):
         load(graph)
+
+
+def test_import_refuses_a_file_that_is_not_an_nir_graph(tmp_path):
+    path = tmp_path / "model.nir"
+    path.write_bytes(b"not HDF5")
+    with pytest.raises(UserError, match=f"Cannot read {path} as an NIR graph"):
+        load(str(path))
 
 
 def test_export_command_writes_a_graph_that_predicts_as_the_checkpoint(trained_run, tmp_path):

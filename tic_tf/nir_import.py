@@ -23,7 +23,7 @@ def load(graph, timesteps=None):
     `graph` (an `nir.NIRGraph` or the path of an NIR file) for T steps: `timesteps`, default
     the graph's metadata's. Raises UserError (a ValueError) naming any node it cannot import."""
     if not isinstance(graph, nir.NIRGraph):
-        graph = nir.read(graph)
+        graph = _read(graph)
     metadata = graph.metadata or {}
     timesteps = timesteps or metadata.get("timesteps")
     if not timesteps:
@@ -46,6 +46,14 @@ def load(graph, timesteps=None):
         tensors[name] = _IMPORTERS[type(graph.nodes[name])](name, graph.nodes[name], x, dt)
     (output_name, _), = _one(graph, nir.Output)
     return keras.Model(images, tensors[output_name], name="nir")
+
+
+def _read(path):
+    try:
+        return nir.read(path)
+    except (OSError, KeyError, ValueError) as error:  # h5py's, and NIR's for a bad graph
+        raise UserError(f"Cannot read {path} as an NIR graph ({error}); give a file written "
+                        "by nir.write (tic_tf.export --format=nir writes one).") from None
 
 
 def _one(graph, kind):
