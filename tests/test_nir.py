@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_tool
+from conftest import assert_refused, run_tool
 from fisher_reference import active_model
 from nir_simulator import simulate
 from tic_tf import checkpoints, data
 from tic_tf.errors import UserError
-from tic_tf.models import TemporalBatchNorm, lif_layers, timesteps_of, with_timesteps
+from tic_tf.models import (TemporalBatchNorm, build_model, lif_layers, timesteps_of,
+                           with_timesteps)
 from tic_tf.nir_export import METADATA, to_nir, write_nir
 from tic_tf.nir_import import load
+from tic_tf.serving import ExportConfig, export_checkpoint
 
 
 def real_images(shape, count=4):
@@ -142,3 +144,14 @@ def test_export_command_writes_a_graph_that_predicts_as_the_checkpoint(trained_r
     simulated = simulate(graph, images.transpose(0, 3, 1, 2), graph.metadata["timesteps"])
     np.testing.assert_allclose(simulated["output"], model(images, training=False), atol=1e-5)
     assert int(graph.metadata["timesteps"]) == 2
+
+
+def test_export_command_refuses_a_soft_reset_checkpoint_before_writing(tmp_path):
+    settings = dict(arch="alexnet", num_classes=5, timesteps=2, input_shape=[32, 32, 3],
+                    width=1 / 16, batch_norm="per_timestep", reset="soft")
+    checkpoint = checkpoints.write(str(tmp_path / "epoch-0001"), build_model(**settings),
+                                   settings)
+    out = tmp_path / "exported"
+    assert_refused(ExportConfig, export_checkpoint, [
+        f"--checkpoint={checkpoint}", f"--output_dir={out}", "--format=nir"],
+        "stem_lif: NIR's neurons reset to v_reset; a soft reset", out / "model.nir")
