@@ -1,12 +1,14 @@
+import json
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_npz
-from tic_tf import data
+from conftest import assert_refused, write_npz
+from tic_tf import checkpoints, cli, data
 from tic_tf.errors import UserError
+from tic_tf.training import TrainConfig, train
 
 CIFAR10 = data.get_spec("cifar10")
 
@@ -200,3 +202,28 @@ def test_digits_augmentation_shifts_by_at_most_one_pixel_and_never_flips():
     shifts = {int(np.sum(row == 0)) for row in rows}
     assert shifts == {0, 1}
     assert all(np.all(np.diff(row[row > 0]) > 0) for row in rows)
+
+
+def test_npz_of_any_image_shape_trains_with_its_own_classes_and_statistics(tmp_path):
+    npz = write_npz(tmp_path / "data.npz", train=32, test=16, shape=(48, 48, 2), classes=3)
+    arrays = np.load(npz)
+    spec = data.DataConfig(dataset="npz", data_file=npz).spec
+    pixels = arrays["x_train"] / 255.0
+    assert (spec.image_shape, spec.num_classes, spec.crop_padding) == ((48, 48, 2), 3, 6)
+    np.testing.assert_allclose(spec.mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(spec.std, pixels.std(axis=(0, 1, 2)), rtol=1e-12)
+
+    run_dir = tmp_path / "run"
+    train(cli.parse(TrainConfig, [
+        "--dataset=npz", f"--data_file={npz}", "--arch=alexnet", "--width=0.0625",
+        "--timesteps=2", "--epochs=1", "--batch_size=16", "--fisher_every=0", "--export=false",
+        "--verbose=0", f"--model_dir={run_dir}"]))
+    model, config = checkpoints.load_model(str(run_dir))
+    assert (config["input_shape"], config["num_classes"]) == ([48, 48, 2], 3)
+    np.testing.assert_allclose(config["std"], spec.std)
+    logits = model(arrays["x_test"] / np.float32(255), training=False).numpy()
+    accuracy = np.mean(logits.mean(axis=1).argmax(axis=1) == arrays["y_test"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert_refused(TrainConfig, train, ["--dataset=npz", f"--model_dir={tmp_path / 'none'}"],
+                   "--dataset=npz reads its images from --data_file", tmp_path / "none")

@@ -166,12 +166,30 @@ def test_neuron_options_go_from_the_command_line_into_the_checkpoint(tmp_path):
     (dict(timesteps=0), "timesteps must be a positive"),
     (dict(width=0.0), "width must be positive"),
     (dict(tau=0.5), "tau must be > 0.5"),
-    (dict(input_shape=(64, 64, 3)), "Unsupported input shape"),
+    (dict(input_shape=(0, 32, 3)), r"input_shape must be \(height, width, channels\)"),
+    (dict(input_shape=(32, 32)), r"input_shape must be \(height, width, channels\)"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     args = dict(arch="alexnet", num_classes=10, timesteps=2, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=message):
         build_model(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("arch, shape, pooled", [
+    ("resnet19", (64, 64, 3), (8, 8)),  # three stride-2 stages
+    ("resnet34", (48, 48, 2), (6, 6)),
+    ("vgg16", (48, 40, 2), (2, 2)),  # five pools: 48 -> 24 -> 12 -> 6 -> 3 -> 2, 40 -> ... -> 2
+    ("alexnet", (20, 12, 5), (3, 2)),  # three pools: 20 -> 10 -> 5 -> 3, 12 -> 6 -> 3 -> 2
+])
+def test_any_image_size_and_channel_count_runs_through_every_architecture(arch, shape, pooled):
+    model = build_model(arch, 7, 2, shape, width=1 / 16, mean=[0.5] * shape[2],
+                        std=[0.25] * shape[2])
+    images = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    assert model(images).shape == (2, 2, 7)
+    # The feature map reaching the global pool (ResNet) or the flatten (plain nets): each side
+    # halved, rounding up, at every downsampling ("same" padding).
+    pooling = model.get_layer("pool_t" if arch.startswith("resnet") else "flatten_t")
+    assert tuple(pooling.input.shape[2:4]) == pooled
 
 
 def test_bptt_training_learns_a_separable_task():

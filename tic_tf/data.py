@@ -5,6 +5,7 @@ All sources are loaded once into memory as uint8 arrays `[N, H, W, C]` with inte
 the pipelines turn them into float images in [0, 1]. Models normalise internally.
 """
 import dataclasses
+import functools
 import os
 import zipfile
 
@@ -12,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tic_tf.errors import DataUnavailable, UserError
-from tic_tf.options import check_choices, option
+from tic_tf.options import check_choices, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ DATASETS = {
     )
 }
 DIGITS_TEST_EXAMPLES = 360  # the last 360 digits (20%), written by other people than the rest
+# A data set of any image shape and number of classes, described by its --data_file.
+NPZ = "npz"
 
 
 @dataclasses.dataclass
@@ -61,7 +64,9 @@ class DataConfig:
     """Which data set, and where its images come from."""
     dataset: str = option("digits", "Dataset; it also sets the normalisation statistics, "
                           "number of classes and augmentation. digits ships with scikit-learn; "
-                          "the others come from TFDS or --data_file.", choices=sorted(DATASETS))
+                          "the others come from TFDS or --data_file; npz: images of any shape "
+                          "in --data_file, its classes and statistics read from the file.",
+                          choices=sorted(DATASETS) + [NPZ])
     data_dir: str = option(None, "TFDS data directory (default: TFDS's own).", kind=str)
     manual_dir: str = option(None, "Folder holding the dataset's original archives, for "
                              "preparing TFDS offline (TFDS manual_dir).", kind=str)
@@ -70,10 +75,12 @@ class DataConfig:
 
     def __post_init__(self):
         check_choices(self)
+        require(self.dataset != NPZ or self.data_file,
+                "--dataset=npz reads its images from --data_file; pass the .npz.")
 
-    @property
+    @functools.cached_property
     def spec(self):
-        return get_spec(self.dataset)
+        return npz_spec(self.data_file) if self.dataset == NPZ else get_spec(self.dataset)
 
     def load(self):
         """The data set's train and test arrays."""
@@ -133,8 +140,8 @@ def _load_digits(spec):
     return Arrays(images[:split], labels[:split], images[split:], labels[split:])
 
 
-def load_npz(path, spec):
-    """Read and validate an .npz holding x_train, y_train, x_test, y_test."""
+def _read_npz(path):
+    """The arrays of an .npz holding x_train, y_train, x_test, y_test."""
     if not os.path.isfile(path):
         problem = "is a directory" if os.path.isdir(path) else "does not exist"
         raise DataUnavailable(f"Data file {path} {problem}; pass an .npz with x_train, "
@@ -148,6 +155,37 @@ def load_npz(path, spec):
     if missing:
         raise UserError(f"{path} lacks the arrays {sorted(missing)}; it needs x_train, y_train, "
                         "x_test and y_test.")
+    return content
+
+
+def npz_spec(path):
+    """The `DatasetSpec` of the .npz at `path` for `--dataset=npz`: its images' shape, as many
+    classes as its largest label needs, its training images' mean and standard deviation per
+    channel (for the model's normalisation), no flipping (not every data set is mirror-
+    symmetric), and a random-crop padding of an eighth of the image's smaller side."""
+    content = _read_npz(path)
+    images = content["x_train"]
+    if images.ndim == 3:
+        images = images[..., None]  # grey images stored without a channel axis
+    if images.ndim != 4 or len(images) == 0 or min(images.shape[1:]) < 1:
+        raise UserError(f"{path}: x_train has shape {images.shape}; --dataset=npz needs "
+                        "images [N, H, W, C] (or [N, H, W]) with N > 0.")
+    labels = [np.asarray(content[key]).reshape(-1) for key in ("y_train", "y_test")]
+    if not all(np.issubdtype(y.dtype, np.integer) and len(y) for y in labels):
+        raise UserError(f"{path}: y_train and y_test must be non-empty integer class indices.")
+    classes = int(max(y.max() for y in labels)) + 1
+    require(classes >= 2, f"{path}: the labels name {classes} class; a classifier needs two.")
+    pixels = images / np.float64(255 if images.dtype == np.uint8 else 1)
+    mean, std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+    std = np.where(std > 0, std, 1.0)  # a constant channel: centred, not scaled
+    return DatasetSpec(NPZ, None, classes, tuple(int(d) for d in images.shape[1:]),
+                       tuple(float(m) for m in mean), tuple(float(s) for s in std), False,
+                       crop_padding=max(1, round(min(images.shape[1:3]) / 8)))
+
+
+def load_npz(path, spec):
+    """Read and validate an .npz holding x_train, y_train, x_test, y_test."""
+    content = _read_npz(path)
     splits = {}
     for split in ("train", "test"):
         images = _as_uint8_images(content[f"x_{split}"], spec, f"{path}: x_{split}")

@@ -37,14 +37,14 @@ def set_precision(name):
 
 
 ARCHITECTURES = {"resnet19": resnet19, "resnet34": resnet34, "vgg16": vgg16, "alexnet": alexnet}
-SUPPORTED_INPUT_SHAPES = ((32, 32, 3), (28, 28, 1), (8, 8, 1))
 
 
 def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, threshold=1.0,
                 detach_reset=True, mean=None, std=None, batch_norm="per_timestep",
                 surrogate_sharpness=None, recompute=False, neuron="lif", reset="hard",
                 surrogate="arctan"):
-    """A `keras.Model` from images `[batch, H, W, C]` in [0, 1] to logits `[batch, T, classes]`.
+    """A `keras.Model` from images `[batch, H, W, C]` (any size and channel count) in [0, 1]
+    to logits `[batch, T, classes]`.
 
     `mean`/`std` (one value per channel) normalise inside the model, so callers (training,
     attacks, serving) all work in pixel space; left out, the images pass through unchanged.
@@ -59,9 +59,10 @@ def build_model(arch, num_classes, timesteps, input_shape, width=1.0, tau=2.0, t
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}.")
     input_shape = tuple(int(d) for d in input_shape)
-    if input_shape not in SUPPORTED_INPUT_SHAPES:
-        raise ValueError(f"Unsupported input shape {input_shape}; the models take "
-                         f"{', '.join(map(str, SUPPORTED_INPUT_SHAPES))} images.")
+    # "same" padding halves a side rounding up: any image survives every downsampling.
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (height, width, channels), each at least 1, got "
+                         f"{input_shape}.")
     if int(timesteps) < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps}.")
     if not width > 0:
