@@ -91,6 +91,8 @@ def fit(model, strategy, dataset, epochs, initial_epoch, steps_per_epoch, **opti
     ends (Keras' on_train_end does not run when training raises)."""
     try:
         with strategy.scope():
+            # Slots created in the first step would make TensorFlow trace it twice.
+            model.optimizer.build(model.trainable_variables)
             if is_multi_worker(strategy):
                 multi_worker.fit(model, strategy, dataset, epochs, initial_epoch,
                                  steps_per_epoch, **options)
