@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import assert_fails_cleanly, assert_refused, run_tool, write_npz
@@ -84,3 +85,16 @@ def test_the_command_prints_bad_input_as_one_line(trained_run, tmp_path):
     result = run_tool("analyze", f"--checkpoints={run_dir}", f"--output_dir={out}",
                       f"--data_file={npz}", "--dataset=cifar10", "--num_samples=1000")
     assert_fails_cleanly(result, "error: num_samples=1000 exceeds the 64 samples", out)
+
+
+def test_consecutive_checkpoints_of_one_model_restore_into_one_object(trained_run):
+    _, run_dir, _ = trained_run
+    paths = [path for _, path in checkpoints.list_epochs(str(run_dir / "checkpoints"))]
+    yielded = [(path, model, model.get_weights())
+               for path, model in checkpoints.load_models(paths)]
+    assert len(yielded) == 2 and yielded[0][1] is yielded[1][1]  # traced functions kept
+    for path, _, weights in yielded:
+        for ours, fresh in zip(weights, checkpoints.load_model(path)[0].get_weights()):
+            np.testing.assert_array_equal(ours, fresh)
+    at_other_t = [model for _, model in checkpoints.load_models(paths, timesteps=3)]
+    assert at_other_t[0] is not at_other_t[1]  # copies at another T are made per checkpoint

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, assert_fails_cleanly, assert_refused, run_tool, train_args, write_npz
-from tic_tf import checkpoints
+from tic_tf import checkpoints, cli
+from tic_tf.errors import UserError
 from tic_tf.training import TrainConfig, train
 
 
@@ -221,21 +222,20 @@ def test_a_full_disk_while_checkpointing_loses_nothing_and_the_rerun_resumes(tra
 def test_diverging_loss_stops_with_epoch_and_step_and_keeps_no_bad_checkpoint(tiny_npz,
                                                                              tmp_path):
     run_dir = tmp_path / "nan"
-    result = run_tool("train", *train_args(tiny_npz, run_dir, "--learning_rate=1e30",
-                                           "--fisher_every=0"))
-    assert_fails_cleanly(result, "The training loss became nan at epoch 1, step")
+    assert_refused(TrainConfig, train, train_args(tiny_npz, run_dir, "--learning_rate=1e30",
+                                                  "--fisher_every=0"),
+                   "The training loss became nan at epoch 1, step")
     assert checkpoints.list_epochs(run_dir / "checkpoints") == []
 
 
 def test_run_directory_with_other_settings_is_refused(trained_run):
     npz, run_dir, _ = trained_run
     before = sorted(os.listdir(run_dir / "checkpoints"))
-    result = run_tool("train", *train_args(npz, run_dir, "--timesteps=3"))
-    assert result.returncode == 2
-    assert "timesteps: 2 -> 3" in result.stderr and "new --model_dir" in result.stderr
-    result = run_tool("train", *train_args(npz, run_dir, "--batch_norm=shared"))
-    assert result.returncode == 2
-    assert "batch_norm: 'per_timestep' -> 'shared'" in result.stderr
+    for change, message in (("--timesteps=3", "timesteps: 2 -> 3"),
+                            ("--batch_norm=shared", "batch_norm: 'per_timestep' -> 'shared'")):
+        with pytest.raises(UserError) as error:
+            train(cli.parse(TrainConfig, train_args(npz, run_dir, change)))
+        assert message in str(error.value) and "new --model_dir" in str(error.value)
     assert sorted(os.listdir(run_dir / "checkpoints")) == before
 
 

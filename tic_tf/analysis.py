@@ -103,8 +103,7 @@ def analyze(config):
     test_labels = arrays.y_test[:config.eval_samples]
 
     fisher_rows, window_rows, diagnostic_rows = [], [], []
-    for path in paths:
-        model, _ = checkpoints.load_model(path, timesteps=config.timesteps)
+    for path, model in checkpoints.load_models(paths, config.timesteps):
         epoch = epoch_of(path)
         if "fisher" in config.analyses:
             result = temporal_fisher(model, (images, labels), config.num_samples,

@@ -168,6 +168,23 @@ def load_model(path, timesteps=None):
     return model, config
 
 
+def load_models(paths, timesteps=None):
+    """(path, model) for each checkpoint in `paths`, as `load_model` gives them, but
+    consecutive checkpoints of the same model at their own T restore into one model object:
+    the functions compiled for it (Fisher estimator, attacks, probes) are traced once, not once
+    per checkpoint. Each model is valid until the next is yielded."""
+    model = loaded_config = None
+    for path in paths:
+        config = read_model_config(path)
+        same_t = timesteps is None or int(timesteps) == config["timesteps"]
+        if model is not None and same_t and config == loaded_config:
+            restore(path, model)
+        else:
+            model, _ = load_model(path, timesteps)
+            loaded_config = config if same_t else None
+        yield path, model
+
+
 def model_from_config(config):
     """The (untrained) model a checkpoint's model.json describes."""
     model = build_model(**{name: value for name, value in config.items() if name != "pruned"})

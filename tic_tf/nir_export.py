@@ -37,8 +37,8 @@ def to_nir(model):
     """The NIR graph of a tic_tf model in inference: batch-norm folded into the convolution or
     dense layer before it, LIF neurons as NIR `LIF` nodes (tau, r=1, v_leak=0, reset to 0:
     Eq. 1 at dt=1), IF neurons as `IF` nodes, residual additions as several edges into one
-    node. Raises UserError (a ValueError) for what NIR cannot express: soft reset, batch-norm whose affine
-    changes with t ("time_specific", "bntt"), average pools of odd-sized maps."""
+    node. Raises UserError (a ValueError) for what NIR cannot express: soft reset, batch-norm
+    whose affine changes with t ("time_specific", "bntt"), average pools of odd-sized maps."""
     model = fold_batch_norm(model)
     builder = _GraphBuilder(model)
     for name, sources in input_layers(model).items():

@@ -247,9 +247,8 @@ def markdown(rows, evaluations):
     return "\n".join(lines) + "\n"
 
 
-def evaluate_model(config, path, images, labels, fisher_data):
-    """The report row of the checkpoint at `path`."""
-    model, _ = checkpoints.load_model(path, timesteps=config.timesteps)
+def evaluate_model(config, path, model, images, labels, fisher_data):
+    """The report row of `model`, the checkpoint at `path`."""
     results = {}
     for name in (n for n in config.evaluations if n in PERTURBATIONS):
         results[name] = accuracy(config, name, model, images, labels)
@@ -288,7 +287,8 @@ def evaluate(config):
     labels = arrays.y_test[:config.eval_samples]
     fisher_data = (to_unit_range(arrays.x_train[:config.exit_fisher_samples]),
                    arrays.y_train[:config.exit_fisher_samples])
-    rows = [evaluate_model(config, path, images, labels, fisher_data) for path in paths]
+    rows = [evaluate_model(config, path, model, images, labels, fisher_data)
+            for path, model in checkpoints.load_models(paths, config.timesteps)]
 
     settings = {name: value for name, value in dataclasses.asdict(config).items()
                 if name in ("evaluations", "eps", "pgd_step", "pgd_iterations", "random_start",
