@@ -44,6 +44,8 @@ CASES = [
     (TrainConfig, "mixed_precision", "fp8", "--mixed_precision takes"),
     (TrainConfig, "loss", "focal", "--loss takes ce, alpha, tet; got focal."),
     (TrainConfig, "tet_lambda", 1.0, "--tet_lambda must be in [0, 1), got 1.0."),
+    (TrainConfig, "tet_from_epoch", 0, "--tet_from_epoch must be an epoch >= 1, got 0."),
+    (TrainConfig, "tet_from_epoch", 3, "--tet_from_epoch switches to TET: it needs --loss=tet."),
     (TrainConfig, "energy_table", "7nm", "Unknown energy table '7nm'"),
     (AnalysisConfig, "num_samples", 0, "--num_samples must be at least 1"),
     (AnalysisConfig, "window", 0, "--window must be at least 1"),

@@ -70,3 +70,67 @@ def test_tet_loss_is_the_mean_of_each_timesteps_own_cross_entropy_plus_its_mse(l
     assert float(keras_loss(LABELS, LOGITS)) == pytest.approx(np.mean(expected), rel=1e-6)
     clone = TETLoss.from_config(keras_loss.get_config())
     assert (clone.lamb, clone.target) == (lamb, target)
+
+
+def test_switched_loss_trains_as_cross_entropy_then_as_tet_in_one_compiled_step():
+    """One training step of a model compiled with SwitchedLoss, before and after the switch,
+    against the same step of twins compiled with each loss alone: the compiled step reads the
+    switch when it runs, not when it was traced."""
+    import keras
+
+    from tic_tf.losses import LossSwitch, MeanLogitCrossEntropy, SwitchedLoss
+    from tic_tf.models import build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 8, 8, 1), dtype=np.float32)
+    labels = rng.integers(0, 3, 8)
+
+    def compiled(loss):
+        keras.utils.set_random_seed(0)
+        model = build_model("alexnet", 3, 2, (8, 8, 1), width=1 / 16, batch_norm="shared")
+        model.compile(keras.optimizers.SGD(0.5), loss)
+        return model
+
+    switched = compiled(SwitchedLoss(MeanLogitCrossEntropy(), TETLoss(0.1, 1.0)))
+    switch = LossSwitch(epoch=2)
+    switch.set_model(switched)
+    for epoch, twin_loss in ((0, MeanLogitCrossEntropy()), (1, TETLoss(0.1, 1.0))):
+        twin = compiled(twin_loss)
+        twin.set_weights(switched.get_weights())
+        switch.on_epoch_begin(epoch)
+        ours, theirs = switched.train_on_batch(images, labels), twin.train_on_batch(images,
+                                                                                    labels)
+        assert ours == pytest.approx(theirs, rel=1e-6)
+        for a, b in zip(switched.get_weights(), twin.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_training_with_tet_from_epoch_2_takes_cross_entropy_steps_in_epoch_1(tmp_path):
+    """Epoch 1 is cross-entropy's, bit for bit; the switch is not stored but set again at each
+    epoch's start, so a run resumed after epoch 1 switches as the uninterrupted one did (that
+    the switched loss is TET's: the compiled-step test above)."""
+    import shutil
+
+    from tic_tf import checkpoints, cli
+    from tic_tf.training import TrainConfig, train
+
+    def run(run_dir, *loss):
+        train(cli.parse(TrainConfig, [
+            "--arch=alexnet", "--width=0.0625", "--timesteps=2", "--train_examples=64",
+            "--batch_size=32", "--epochs=2", "--fisher_every=0", "--export=false",
+            "--verbose=0", "--keep_checkpoints=all", f"--model_dir={run_dir}", *loss]))
+        return [checkpoints.load_model(str(run_dir / "checkpoints" / f"epoch-000{e}"))[0]
+                for e in (1, 2)]
+
+    switched = run(tmp_path / "ftet", "--loss=tet", "--tet_from_epoch=2")
+    cross_entropy = run(tmp_path / "ce", "--loss=ce")
+    for a, b in zip(switched[0].get_weights(), cross_entropy[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "ftet", resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "epoch-0002")
+    (resumed_dir / "metrics.jsonl").write_text(
+        (resumed_dir / "metrics.jsonl").read_text().splitlines(keepends=True)[0])
+    resumed = run(resumed_dir, "--loss=tet", "--tet_from_epoch=2")
+    assert checkpoints.fingerprint(resumed[1]) == checkpoints.fingerprint(switched[1])
+    assert checkpoints.fingerprint(switched[1]) != checkpoints.fingerprint(cross_entropy[1])

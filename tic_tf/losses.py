@@ -119,6 +119,32 @@ class TETLoss(keras.losses.Loss):
         return {**super().get_config(), "lamb": self.lamb, "target": self.target}
 
 
+class SwitchedLoss(keras.losses.Loss):
+    """`first` until `LossSwitch` turns it over, then `second`: FTET's cross-entropy to TET
+    (Han et al. 2025). A variable chooses, so the compiled training step is not retraced."""
+
+    def __init__(self, first, second, name="switched_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.first, self.second = first, second
+        self.switched = tf.Variable(0.0, trainable=False, name="loss_switched")
+
+    def call(self, y_true, y_pred):
+        return ((1.0 - self.switched) * self.first.call(y_true, y_pred)
+                + self.switched * self.second.call(y_true, y_pred))
+
+
+class LossSwitch(keras.callbacks.Callback):
+    """Turns the model's SwitchedLoss to its second loss from epoch `epoch` (1-based) on; set
+    at every epoch's start, so a resumed run switches where an uninterrupted one did."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = int(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.loss.switched.assign(1.0 if epoch + 1 >= self.epoch else 0.0)
+
+
 @keras.saving.register_keras_serializable(package="tic_tf")
 def timestep_loss(y_true, y_pred, timestep):
     """L_t per example for one timestep (0-based) of the accumulated logits."""

@@ -26,8 +26,8 @@ from tic_tf.data import (DataConfig, eval_dataset, first_examples, steps_per_epo
                          to_unit_range, train_dataset)
 from tic_tf.distribute import DistributeConfig, check_batch_size
 from tic_tf.errors import UserError
-from tic_tf.losses import (AlphaLoss, MeanLogitCrossEntropy, TETLoss, accuracy_metric,
-                           per_timestep_loss_metrics)
+from tic_tf.losses import (AlphaLoss, LossSwitch, MeanLogitCrossEntropy, SwitchedLoss,
+                           TETLoss, accuracy_metric, per_timestep_loss_metrics)
 from tic_tf.models import (ARCHITECTURES, BATCH_NORM_MODES, PRECISIONS, build_model,
                            set_precision)
 from tic_tf.neurons import DEFAULT_SHARPNESS, NEURONS, RESETS
@@ -82,6 +82,9 @@ class TrainConfig:
                           "intermediate, 7e-2 high).")
     tet_lambda: float = option(1e-3, "Weight lambda of --loss=tet's MSE term, in [0, 1).")
     tet_target: float = option(1.0, "The value --loss=tet's MSE term pulls the logits to.")
+    tet_from_epoch: int = option(1, "With --loss=tet: cross-entropy of the mean logits before "
+                                 "this epoch, TET from it on (FTET's switch, Han et al. 2025); "
+                                 "1: TET throughout.")
     optimizer: str = option("sgd", "Optimizer.", choices=["sgd", "adam"])
     learning_rate: float = option(0.3, "Initial learning rate.")
     lr_base_batch: int = option(0, "Scale the learning rate linearly with the batch: rate = "
@@ -143,6 +146,10 @@ class TrainConfig:
         require(self.alpha >= 0, "--alpha must be >= 0.")
         require(0 <= self.tet_lambda < 1, f"--tet_lambda must be in [0, 1), got "
                 f"{self.tet_lambda}.")
+        require(self.tet_from_epoch >= 1, f"--tet_from_epoch must be an epoch >= 1, got "
+                f"{self.tet_from_epoch}.")
+        require(self.tet_from_epoch == 1 or self.loss == "tet",
+                "--tet_from_epoch switches to TET: it needs --loss=tet.")
         require(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}.")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}.")
         require(all(m >= 1 for m in self.lr_milestones), "--lr_milestones must be epochs >= 1.")
@@ -171,14 +178,15 @@ DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-times
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau", "threshold",
                 "detach_reset", "surrogate", "surrogate_sharpness", "batch_norm", "loss",
-                "alpha", "tet_lambda", "tet_target", "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
+                "alpha", "tet_lambda", "tet_target", "tet_from_epoch", "optimizer",
+                "learning_rate", "lr_base_batch", "lr_schedule",
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision", "train_examples", "test_examples", "augment")
 # Their values in runs from before they existed (batch-norm then pooled over time).
 SETTINGS_ADDED_LATER = {"batch_norm": "shared", "train_examples": 0, "test_examples": 0,
                         "augment": True, "surrogate_sharpness": DEFAULT_SHARPNESS,
                         "neuron": "lif", "reset": "hard", "surrogate": "arctan",
-                        "tet_lambda": 1e-3, "tet_target": 1.0}
+                        "tet_lambda": 1e-3, "tet_target": 1.0, "tet_from_epoch": 1}
 
 
 def run_settings(config):
@@ -270,6 +278,8 @@ def compiled_model(config, strategy, arguments, steps_per_epoch):
             metrics += per_timestep_loss_metrics(config.timesteps)
         elif config.loss == "tet":
             loss = TETLoss(config.tet_lambda, config.tet_target)
+            if config.tet_from_epoch > 1:
+                loss = SwitchedLoss(MeanLogitCrossEntropy(), loss)
             metrics += per_timestep_loss_metrics(config.timesteps)
         else:
             loss = MeanLogitCrossEntropy()
@@ -286,6 +296,8 @@ def make_callbacks(config, arrays, run_dir, arguments, first_step, start_epoch, 
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks.append(StopOnNonFiniteLoss())
+    if config.tet_from_epoch > 1:
+        callbacks.append(LossSwitch(config.tet_from_epoch))
     monitors = [TimestepMonitor(to_unit_range(arrays.x_test[:DIAGNOSTIC_IMAGES]),
                                 arrays.y_test[:DIAGNOSTIC_IMAGES],
                                 os.path.join(run_dir, "tensorboard"))]
