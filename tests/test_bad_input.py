@@ -46,6 +46,9 @@ CASES = [
     (TrainConfig, "tet_lambda", 1.0, "--tet_lambda must be in [0, 1), got 1.0."),
     (TrainConfig, "tet_from_epoch", 0, "--tet_from_epoch must be an epoch >= 1, got 0."),
     (TrainConfig, "tet_from_epoch", 3, "--tet_from_epoch switches to TET: it needs --loss=tet."),
+    (TrainConfig, "tet_when_stable", 0.0, "--tet_when_stable must be positive, got 0.0."),
+    (TrainConfig, "tet_when_stable", 0.1, "--tet_when_stable switches to TET when the Fisher "
+     "monitor's centroid settles: it needs --loss=tet and --fisher_every"),
     (TrainConfig, "energy_table", "7nm", "Unknown energy table '7nm'"),
     (AnalysisConfig, "num_samples", 0, "--num_samples must be at least 1"),
     (AnalysisConfig, "window", 0, "--window must be at least 1"),

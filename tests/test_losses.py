@@ -134,3 +134,56 @@ def test_training_with_tet_from_epoch_2_takes_cross_entropy_steps_in_epoch_1(tmp
     resumed = run(resumed_dir, "--loss=tet", "--tet_from_epoch=2")
     assert checkpoints.fingerprint(resumed[1]) == checkpoints.fingerprint(switched[1])
     assert checkpoints.fingerprint(switched[1]) != checkpoints.fingerprint(cross_entropy[1])
+
+
+def test_loss_switch_turns_when_the_centroid_settles_and_replays_that_on_resume():
+    import keras
+
+    from tic_tf.losses import LossSwitch, MeanLogitCrossEntropy, SwitchedLoss
+    from tic_tf.models import build_model
+
+    model = build_model("alexnet", 3, 2, (8, 8, 1), width=1 / 16)
+    model.compile(keras.optimizers.SGD(0.1), SwitchedLoss(MeanLogitCrossEntropy(), TETLoss()))
+    centroids = {2: 2.0, 4: 1.6, 6: 1.55, 8: 1.2}  # measured every 2 epochs; settles at 6
+
+    def second_loss_by_epoch(switch, epochs):
+        switch.set_model(model)
+        used = []
+        for epoch in epochs:
+            switch.on_epoch_begin(epoch)
+            logs = {"fisher/centroid": centroids[epoch + 1]} if epoch + 1 in centroids else {}
+            switch.on_epoch_end(epoch, logs)
+            used.append(logs["loss/second"])
+        return used
+
+    assert second_loss_by_epoch(LossSwitch(stable_within=0.1), range(8)) == [0] * 6 + [1] * 2
+    for finished, expected in ((6, [1, 1]), (5, [0, 1, 1]), (4, [0, 0, 1, 1])):
+        history = [(e, c) for e, c in centroids.items() if e <= finished]
+        resumed = LossSwitch(stable_within=0.1, history=history)
+        assert second_loss_by_epoch(resumed, range(finished, 8)) == expected
+
+
+def test_training_switches_to_tet_after_the_centroid_settles_and_resumes_so(tmp_path):
+    import json
+    import shutil
+
+    from tic_tf import cli
+    from tic_tf.training import TrainConfig, train
+
+    def run(run_dir):
+        train(cli.parse(TrainConfig, [
+            "--arch=alexnet", "--width=0.0625", "--timesteps=2", "--train_examples=64",
+            "--batch_size=32", "--epochs=3", "--fisher_every=1", "--fisher_samples=8",
+            "--loss=tet", "--tet_when_stable=1e9", "--export=false", "--verbose=0",
+            "--keep_checkpoints=all", f"--model_dir={run_dir}"]))
+        return [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+
+    # Any two measurements are within 1e9: settled after epoch 2, TET in epoch 3.
+    records = run(tmp_path / "run")
+    assert [r["loss/second"] for r in records] == [0.0, 0.0, 1.0]
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "run", resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "epoch-0003")
+    (resumed_dir / "metrics.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in records[:2]))
+    assert [r["loss/second"] for r in run(resumed_dir)] == [0.0, 0.0, 1.0]

@@ -134,15 +134,37 @@ class SwitchedLoss(keras.losses.Loss):
 
 
 class LossSwitch(keras.callbacks.Callback):
-    """Turns the model's SwitchedLoss to its second loss from epoch `epoch` (1-based) on; set
-    at every epoch's start, so a resumed run switches where an uninterrupted one did."""
+    """Turns the model's SwitchedLoss to its second loss from epoch `epoch` (1-based) on, or,
+    with `stable_within`, from the epoch after the first Fisher measurement whose information
+    centroid (`fisher/centroid` in the logs) moved less than that from the one before (FTET's
+    criterion). Set at every epoch's start and logged as `loss/second` (1 for an epoch trained
+    with the second loss). `history`: the (epoch, centroid) measurements of a resumed run's
+    finished epochs, replayed so that it switches where the uninterrupted run did. Put it
+    after the Fisher monitor."""
 
-    def __init__(self, epoch):
+    def __init__(self, epoch=None, stable_within=None, history=()):
         super().__init__()
-        self.epoch = int(epoch)
+        self.epoch, self.stable_within, self.centroids = epoch, stable_within, []
+        for finished, centroid in history:
+            self._measured(finished, centroid)
+
+    def _measured(self, epoch, centroid):
+        """Record the centroid measured after `epoch` (1-based); decide the switch."""
+        self.centroids.append(centroid)
+        if (self.epoch is None and len(self.centroids) > 1
+                and abs(self.centroids[-1] - self.centroids[-2]) < self.stable_within):
+            self.epoch = epoch + 1
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.loss.switched.assign(1.0 if epoch + 1 >= self.epoch else 0.0)
+        second = self.epoch is not None and epoch + 1 >= self.epoch
+        self.model.loss.switched.assign(1.0 if second else 0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["loss/second"] = float(self.model.loss.switched.numpy())
+        if self.stable_within is not None and "fisher/centroid" in logs:
+            self._measured(epoch + 1, float(logs["fisher/centroid"]))
 
 
 @keras.saving.register_keras_serializable(package="tic_tf")

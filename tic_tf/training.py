@@ -21,7 +21,7 @@ import numpy as np
 from tic_tf import checkpoints, distribute, energy, preemption, surrogates
 from tic_tf.atomic import write_json
 from tic_tf.callbacks import (EnergyMonitor, EpochCheckpoint, FisherMonitor, MetricsLogger,
-                              StopOnNonFiniteLoss, TimestepMonitor)
+                              StopOnNonFiniteLoss, TimestepMonitor, read_metrics)
 from tic_tf.data import (DataConfig, eval_dataset, first_examples, steps_per_epoch,
                          to_unit_range, train_dataset)
 from tic_tf.distribute import DistributeConfig, check_batch_size
@@ -85,6 +85,10 @@ class TrainConfig:
     tet_from_epoch: int = option(1, "With --loss=tet: cross-entropy of the mean logits before "
                                  "this epoch, TET from it on (FTET's switch, Han et al. 2025); "
                                  "1: TET throughout.")
+    tet_when_stable: float = option(None, "With --loss=tet and --fisher_every: cross-entropy "
+                                    "until the information centroid moves less than this "
+                                    "between two Fisher measurements, TET from the next epoch "
+                                    "on (FTET's criterion).", kind=float)
     optimizer: str = option("sgd", "Optimizer.", choices=["sgd", "adam"])
     learning_rate: float = option(0.3, "Initial learning rate.")
     lr_base_batch: int = option(0, "Scale the learning rate linearly with the batch: rate = "
@@ -150,6 +154,12 @@ class TrainConfig:
                 f"{self.tet_from_epoch}.")
         require(self.tet_from_epoch == 1 or self.loss == "tet",
                 "--tet_from_epoch switches to TET: it needs --loss=tet.")
+        if self.tet_when_stable is not None:
+            require(self.tet_when_stable > 0, f"--tet_when_stable must be positive, got "
+                    f"{self.tet_when_stable}.")
+            require(self.loss == "tet" and self.fisher_every > 0 and self.tet_from_epoch == 1,
+                    "--tet_when_stable switches to TET when the Fisher monitor's centroid "
+                    "settles: it needs --loss=tet and --fisher_every, and no --tet_from_epoch.")
         require(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}.")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}.")
         require(all(m >= 1 for m in self.lr_milestones), "--lr_milestones must be epochs >= 1.")
@@ -178,7 +188,8 @@ DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-times
 # Settings that define a run: resuming with any of them changed is refused.
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau", "threshold",
                 "detach_reset", "surrogate", "surrogate_sharpness", "batch_norm", "loss",
-                "alpha", "tet_lambda", "tet_target", "tet_from_epoch", "optimizer",
+                "alpha", "tet_lambda", "tet_target", "tet_from_epoch", "tet_when_stable",
+                "optimizer",
                 "learning_rate", "lr_base_batch", "lr_schedule",
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision", "train_examples", "test_examples", "augment")
@@ -186,7 +197,8 @@ RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau
 SETTINGS_ADDED_LATER = {"batch_norm": "shared", "train_examples": 0, "test_examples": 0,
                         "augment": True, "surrogate_sharpness": DEFAULT_SHARPNESS,
                         "neuron": "lif", "reset": "hard", "surrogate": "arctan",
-                        "tet_lambda": 1e-3, "tet_target": 1.0, "tet_from_epoch": 1}
+                        "tet_lambda": 1e-3, "tet_target": 1.0, "tet_from_epoch": 1,
+                        "tet_when_stable": None}
 
 
 def run_settings(config):
@@ -278,7 +290,7 @@ def compiled_model(config, strategy, arguments, steps_per_epoch):
             metrics += per_timestep_loss_metrics(config.timesteps)
         elif config.loss == "tet":
             loss = TETLoss(config.tet_lambda, config.tet_target)
-            if config.tet_from_epoch > 1:
+            if config.tet_from_epoch > 1 or config.tet_when_stable:
                 loss = SwitchedLoss(MeanLogitCrossEntropy(), loss)
             metrics += per_timestep_loss_metrics(config.timesteps)
         else:
@@ -289,15 +301,15 @@ def compiled_model(config, strategy, arguments, steps_per_epoch):
 
 
 def make_callbacks(config, arrays, run_dir, arguments, first_step, start_epoch, verbose,
-                   preemptible):
+                   preemptible, centroids=()):
+    """The training callbacks; `centroids`: the (epoch, information centroid) measurements of
+    the epochs a resumed run has finished (for --tet_when_stable)."""
     keep = (range(1, config.epochs + 1) if config.keep_checkpoints == "all"
             else config.keep_checkpoints)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     # The progress bar goes first so that it prints before monitors add their values to logs.
     callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks.append(StopOnNonFiniteLoss())
-    if config.tet_from_epoch > 1:
-        callbacks.append(LossSwitch(config.tet_from_epoch))
     monitors = [TimestepMonitor(to_unit_range(arrays.x_test[:DIAGNOSTIC_IMAGES]),
                                 arrays.y_test[:DIAGNOSTIC_IMAGES],
                                 os.path.join(run_dir, "tensorboard"))]
@@ -311,6 +323,10 @@ def make_callbacks(config, arrays, run_dir, arguments, first_step, start_epoch, 
         monitors.append(EnergyMonitor(to_unit_range(arrays.x_test[:config.energy_samples]),
                                       config.energy_every, config.energy_table))
     callbacks += monitors
+    if config.tet_from_epoch > 1:
+        callbacks.append(LossSwitch(epoch=config.tet_from_epoch))
+    elif config.tet_when_stable:
+        callbacks.append(LossSwitch(stable_within=config.tet_when_stable, history=centroids))
     callbacks.append(EpochCheckpoint(checkpoint_dir, arguments, keep))
     if preemptible:
         callbacks.append(PreemptionCheckpoint(checkpoint_dir, arguments, first_step))
@@ -374,8 +390,12 @@ def _train(config, strategy, model, arguments, arrays, run_dir, out_dir, setting
         1 if sys.stdout.isatty() else 2)
     # Workers preempted one by one would leave the others waiting in a collective: a
     # multi-worker job resumes from its epoch checkpoints instead.
+    centroids = [(r["epoch"], r["fisher/centroid"])
+                 for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+                 if r["epoch"] <= start_epoch and "fisher/centroid" in r]
     callbacks = make_callbacks(config, arrays, out_dir, arguments, first_step, start_epoch,
-                               verbose, preemptible=not distribute.is_multi_worker(strategy))
+                               verbose, preemptible=not distribute.is_multi_worker(strategy),
+                               centroids=centroids)
     fit = dict(validation_data=test_data, validation_freq=config.eval_every,
                callbacks=callbacks, verbose=verbose)
     started = time.perf_counter()
