@@ -144,16 +144,17 @@ class LossSwitch(keras.callbacks.Callback):
 
     def __init__(self, epoch=None, stable_within=None, history=()):
         super().__init__()
-        self.epoch, self.stable_within, self.centroids = epoch, stable_within, []
+        self.epoch, self.stable_within, self.last_centroid = epoch, stable_within, None
         for finished, centroid in history:
             self._measured(finished, centroid)
 
     def _measured(self, epoch, centroid):
-        """Record the centroid measured after `epoch` (1-based); decide the switch."""
-        self.centroids.append(centroid)
-        if (self.epoch is None and len(self.centroids) > 1
-                and abs(self.centroids[-1] - self.centroids[-2]) < self.stable_within):
+        """The centroid measured after `epoch` (1-based): switch from the next epoch on if it
+        moved less than `stable_within` from the previous measurement."""
+        if (self.epoch is None and self.last_centroid is not None
+                and abs(centroid - self.last_centroid) < self.stable_within):
             self.epoch = epoch + 1
+        self.last_centroid = centroid
 
     def on_epoch_begin(self, epoch, logs=None):
         second = self.epoch is not None and epoch + 1 >= self.epoch

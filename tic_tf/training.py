@@ -189,8 +189,7 @@ DIAGNOSTIC_IMAGES = 256  # test images behind the per-epoch firing and per-times
 RUN_SETTINGS = ("dataset", "arch", "width", "timesteps", "neuron", "reset", "tau", "threshold",
                 "detach_reset", "surrogate", "surrogate_sharpness", "batch_norm", "loss",
                 "alpha", "tet_lambda", "tet_target", "tet_from_epoch", "tet_when_stable",
-                "optimizer",
-                "learning_rate", "lr_base_batch", "lr_schedule",
+                "optimizer", "learning_rate", "lr_base_batch", "lr_schedule",
                 "lr_milestones", "momentum", "weight_decay", "batch_size", "epochs", "seed",
                 "mixed_precision", "train_examples", "test_examples", "augment")
 # Their values in runs from before they existed (batch-norm then pooled over time).
